@@ -1,0 +1,91 @@
+"""Small pure tensor functions behind the objectives; each is checked against hand-computed
+values in tests/test_functional.py. Shapes: B rollouts, T positions, V vocabulary."""
+
+from __future__ import annotations
+
+import torch
+
+DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+AGGREGATIONS = ("token_mean", "seq_mean", "seq_sum")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce a [B, T] per-token loss to a scalar.
+
+    token_mean: sum over all tokens / number of tokens (every token weighs the same);
+    seq_mean:   mean over each rollout's tokens, then over rollouts (original GRPO);
+    seq_sum:    sum over each rollout's tokens, mean over rollouts (sequence-level objective).
+    """
+    if mode == "token_mean":
+        return masked_mean(per_token, mask)
+    if mode == "seq_mean":
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    if mode == "seq_sum":
+        return (per_token * mask).sum(1).mean()
+    raise ValueError(f"unknown aggregation '{mode}'; allowed: {', '.join(AGGREGATIONS)}")
+
+
+def group_advantages(rewards: torch.Tensor, group_index: torch.Tensor, scale_std: bool = True,
+                     eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO advantages A_i = (r_i - mean_group) / (std_group + eps) (std optional).
+
+    Returns (advantages [B], zero_std [P] bool: groups whose rewards are all equal)."""
+    n = int(group_index.max()) + 1
+    count = torch.zeros(n).index_add_(0, group_index, torch.ones_like(rewards))
+    mean = torch.zeros(n).index_add_(0, group_index, rewards) / count
+    centred = rewards - mean[group_index]
+    var = torch.zeros(n).index_add_(0, group_index, centred**2) / (count - 1).clamp(min=1)
+    std = var.sqrt()
+    adv = centred / (std[group_index] + eps) if scale_std else centred
+    return adv, std < 1e-8
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || ref) on sampled tokens: exp(d) - d - 1, d = ref - logp."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def token_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    """Full-vocabulary divergence at every position: [B, T, V] log-probs -> [B, T].
+
+    reverse_kl: KL(student || teacher) = sum_v p_s (log p_s - log p_t)   (mode seeking)
+    forward_kl: KL(teacher || student) = sum_v p_t (log p_t - log p_s)   (mass covering)
+    jsd:        (KL(p_s || m) + KL(p_t || m)) / 2, m = (p_s + p_t) / 2
+    """
+    if kind == "reverse_kl":
+        return (student.exp() * (student - teacher)).sum(-1)
+    if kind == "forward_kl":
+        return (teacher.exp() * (teacher - student)).sum(-1)
+    if kind == "jsd":
+        m = torch.logsumexp(torch.stack([student, teacher]), 0) - torch.log(torch.tensor(2.0))
+        return 0.5 * ((student.exp() * (student - m)).sum(-1) + (teacher.exp() * (teacher - m)).sum(-1))
+    raise ValueError(f"unknown divergence '{kind}'; allowed: {', '.join(DIVERGENCES)}")
+
+
+def sampled_token_reverse_kl(token_logp: torch.Tensor, teacher_token_logp: torch.Tensor) -> torch.Tensor:
+    """Score-function surrogate for the reverse KL on the sampled token only: its gradient,
+    (log p_s(y_t) - log p_t(y_t)) * grad log p_s(y_t), is unbiased for grad KL(p_s || p_t) at t."""
+    return (token_logp - teacher_token_logp).detach() * token_logp
+
+
+def pick_demonstrations(group_index: torch.Tensor, correct: torch.Tensor, m: int,
+                        generator: torch.Generator) -> torch.Tensor:
+    """For each rollout, m demonstrations drawn uniformly (with replacement) from the correct
+    rollouts of its group other than itself; itself only when it is the group's sole correct
+    rollout. Returns [B, m] rollout indices, -1 for rollouts whose group has no correct one."""
+    b = len(group_index)
+    out = torch.full((b, m), -1, dtype=torch.long)
+    for g in torch.unique(group_index).tolist():
+        members = torch.nonzero(group_index == g).flatten()
+        good = members[correct[members]]
+        if len(good) == 0:
+            continue
+        for i in members.tolist():
+            pool = good[good != i] if len(good) > 1 else good
+            out[i] = pool[torch.randint(len(pool), (m,), generator=generator)]
+    return out

@@ -1,0 +1,77 @@
+"""SDSD: self-distillation with sampled demonstrations.
+
+For each rollout y of prompt x, a correct rollout y* of the same group (another one when there is
+one) is the demonstration; the teacher is the model itself under no-grad, conditioned as in
+pretraining, `DEMO y* SEP x SEP`. The student minimises the token-level divergence to it at every
+position of its own rollout, over the full vocabulary:
+
+    L = agg_t D( pi(. | x, y_<t) || pi_teacher(. | x, y*, y_<t) )       (D = reverse KL by default)
+
+Averaged over y*, its optimum is p0(y) exp(E_{y*} pcmi(y; y* | x)) / Z: the tilt this package
+studies. Groups with no correct rollout have no demonstration and are masked (share logged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mitigate.batch import Batch
+from mitigate.config import opt
+from mitigate.objectives.functional import (
+    AGGREGATIONS,
+    DIVERGENCES,
+    aggregate,
+    masked_mean,
+    pick_demonstrations,
+    sampled_token_reverse_kl,
+    token_divergence,
+)
+from mitigate.policy import gather_tokens
+from mitigate.registry import register_objective
+
+TEACHERS = ("live", "ema", "base")
+ESTIMATORS = ("full_vocab", "sampled_token")
+
+
+@dataclass
+class SDSDConfig:
+    name: str = "sdsd"
+    divergence: str = opt("reverse_kl", "token-level divergence student -> teacher", choices=DIVERGENCES)
+    estimator: str = opt("full_vocab", "full-vocabulary divergence, or score-function on the sampled token",
+                         choices=ESTIMATORS)
+    teacher: str = opt("live", "teacher weights: current (live), EMA of student, or frozen base",
+                       choices=TEACHERS)
+    ema_decay: float = opt(0.99, "EMA decay when teacher=ema", min=0.0, max=1.0)
+    aggregation: str = opt("token_mean", "how per-token losses are reduced", choices=AGGREGATIONS)
+
+
+def demonstration_contexts(batch: Batch, demo_index: torch.Tensor) -> list[list[int]]:
+    """Teacher contexts `DEMO y* SEP x SEP` for a column of demonstration indices (-1 -> plain)."""
+    out = []
+    for i, j in enumerate(demo_index.tolist()):
+        prompt = batch.prompts[int(batch.group_index[i])]
+        out.append(batch.task.teacher_context(prompt, batch.tokens[j]) if j >= 0 else batch.contexts[i])
+    return out
+
+
+@register_objective("sdsd", SDSDConfig)
+def sdsd(batch: Batch, cfg: SDSDConfig) -> tuple[torch.Tensor, dict]:
+    if "demos" not in batch.cache:  # fixed across inner epochs
+        demo = pick_demonstrations(batch.group_index, batch.correct, 1, batch.generator)[:, 0]
+        batch.cache["demos"] = demo
+        batch.cache["teacher"] = batch.teacher_logprobs(demonstration_contexts(batch, demo))
+    demo, teacher = batch.cache["demos"], batch.cache["teacher"]
+    has_demo = (demo >= 0).float()[:, None]
+    mask = batch.mask * has_demo
+    if cfg.estimator == "full_vocab":
+        per_token = token_divergence(batch.logprobs, teacher, cfg.divergence)
+    else:
+        if cfg.divergence != "reverse_kl":
+            raise ValueError("estimator 'sampled_token' supports divergence 'reverse_kl' only")
+        per_token = sampled_token_reverse_kl(batch.token_logprobs(), gather_tokens(teacher, batch.tokens))
+    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.logprobs.sum() * 0
+    div = token_divergence(batch.logprobs.detach(), teacher, cfg.divergence)
+    return loss, {f"{cfg.divergence}_teacher": masked_mean(div, mask).item(),
+                  "masked_prompts": 1.0 - has_demo.mean().item()}

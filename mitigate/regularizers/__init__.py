@@ -1,0 +1,1 @@
+"""Terms added to any objective, one file each, registered by name (see mitigate.registry)."""

@@ -1,0 +1,314 @@
+"""The controlled graph path-finding task (DESIGN.md section 2).
+
+A layered directed graph: start layer -> K communities ("concepts") -> goal layer. Each community
+has entry, middle and exit nodes wired sparsely inside (several internal routes = functional
+variety). A start node links to some communities and a goal node is reachable from some, so only
+the communities in both sets are feasible for a pair (s, g): the model has to plan. Pretraining
+paths pick a feasible concept with a Zipf preference over the global concept rank (concept 0 is
+the most preferred), then a route uniformly. A share of pretraining sequences carry a
+demonstration prefix `DEMO y' SEP s g SEP y`, whose target `y` shares the concept of `y'` with
+probability `demo_copy_concept` (and its route with `demo_copy_route`) - the in-context copying
+that makes a self-distillation teacher's pointwise CMI non-zero.
+
+Everything is a pure function of `GraphParams`: equal parameters give identical graphs and splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+PAD, BOS, EOS, SEP, DEMO = 0, 1, 2, 3, 4
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>", "<demo>")
+SPLITS = ("pretrain", "id_train", "id_val", "id_test", "ood_blocked", "ood_rare")
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class GraphParams:
+    seed: int = _f(0, "task seed: fixes graph, splits and pretraining data (not the training seed)", min=0)
+    n_start: int = _f(32, "nodes in the start layer", min=2)
+    n_goal: int = _f(32, "nodes in the goal layer", min=2)
+    n_concepts: int = _f(8, "communities (concepts, strategies) between start and goal layers", min=2)
+    n_entry: int = _f(2, "entry nodes per community", min=1)
+    n_mid: int = _f(3, "middle nodes per community", min=1)
+    n_exit: int = _f(2, "exit nodes per community", min=1)
+    p_start_link: float = _f(0.8, "probability that a start node links into a community", min=0.0, max=1.0)
+    p_goal_link: float = _f(0.6, "probability that a goal node is reachable from a community", min=0.0, max=1.0)
+    p_internal: float = _f(0.6, "density of entry->middle and middle->exit edges", min=0.0, max=1.0)
+    zipf_alpha: float = _f(1.2, "skew of the pretraining concept preference w_c = (rank_c+1)^-alpha", min=0.0)
+    n_rare: int = _f(5, "lowest-ranked concepts that count as rare (rare-only OOD pairs use only them)", min=1)
+    demo_fraction: float = _f(0.3, "share of pretraining sequences with a demonstration prefix", min=0.0, max=1.0)
+    demo_copy_concept: float = _f(0.7, "P(target shares the demonstration's concept)", min=0.0, max=1.0)
+    demo_copy_route: float = _f(0.5, "P(target copies the whole route | shared concept)", min=0.0, max=1.0)
+    held_out_fraction: float = _f(0.4, "share of ordinary pairs kept out of pretraining", min=0.05, max=0.95)
+    id_val_fraction: float = _f(0.2, "share of held-out pairs used for validation (model selection)",
+                                min=0.0, max=0.9)
+    id_test_fraction: float = _f(0.4, "share of held-out pairs used for ID evaluation", min=0.05, max=0.9)
+    max_path_len: int = _f(6, "longest rollout (in nodes) the verifier accepts", min=5)
+    pretrain_pool: int = _f(200_000, "pretraining sequences generated once and sampled from", min=100)
+
+    def validate(self) -> None:
+        if self.n_rare >= self.n_concepts:
+            raise ValueError(f"task.n_rare ({self.n_rare}) must be < task.n_concepts ({self.n_concepts})")
+        if self.id_val_fraction + self.id_test_fraction >= 1.0:
+            raise ValueError("task.id_val_fraction + task.id_test_fraction must leave room for id_train (< 1)")
+
+
+@dataclass
+class Prompt:
+    """One (start, goal) query. `blocked` is a concept closed at evaluation time (-1 = none)."""
+
+    start: int
+    goal: int
+    split: str
+    blocked: int = -1
+
+    @property
+    def tokens(self) -> list[int]:
+        return [BOS, self.start, self.goal, SEP]
+
+
+@dataclass
+class PathTable:
+    """All valid paths of one pair, with their concept and base (pretraining) probability."""
+
+    paths: np.ndarray  # [P, 5] node tokens
+    concepts: np.ndarray  # [P]
+    prior: np.ndarray  # [P], sums to 1
+
+
+@dataclass
+class GraphTask:
+    params: GraphParams = field(default_factory=GraphParams)
+    name: str = "graph"
+
+    # ------------------------------------------------------------------ graph
+    @cached_property
+    def _layout(self) -> dict:
+        p = self.params
+        rng = np.random.default_rng([p.seed, 0])
+        nxt = len(SPECIALS)
+        starts = np.arange(nxt, nxt + p.n_start); nxt += p.n_start
+        goals = np.arange(nxt, nxt + p.n_goal); nxt += p.n_goal
+        entry, mid, exit_ = [], [], []
+        for _ in range(p.n_concepts):
+            entry.append(np.arange(nxt, nxt + p.n_entry)); nxt += p.n_entry
+            mid.append(np.arange(nxt, nxt + p.n_mid)); nxt += p.n_mid
+            exit_.append(np.arange(nxt, nxt + p.n_exit)); nxt += p.n_exit
+        vocab = nxt
+        adj = np.zeros((vocab, vocab), dtype=bool)
+        concept_of = np.full(vocab, -1, dtype=np.int64)
+
+        def bipartite(src, dst):
+            m = rng.random((len(src), len(dst))) < p.p_internal
+            for i in range(len(src)):  # every node keeps at least one way through
+                if not m[i].any():
+                    m[i, rng.integers(len(dst))] = True
+            for j in range(len(dst)):
+                if not m[:, j].any():
+                    m[rng.integers(len(src)), j] = True
+            adj[np.ix_(src, dst)] |= m
+
+        for c in range(p.n_concepts):
+            concept_of[np.concatenate([entry[c], mid[c], exit_[c]])] = c
+            bipartite(entry[c], mid[c])
+            bipartite(mid[c], exit_[c])
+        start_links = rng.random((p.n_start, p.n_concepts)) < p.p_start_link
+        goal_links = rng.random((p.n_goal, p.n_concepts)) < p.p_goal_link
+        for i, s in enumerate(starts):
+            for c in np.flatnonzero(start_links[i]):  # link to one or both entry nodes
+                k = rng.integers(1, p.n_entry + 1)
+                adj[s, rng.choice(entry[c], size=k, replace=False)] = True
+        for j, g in enumerate(goals):
+            for c in np.flatnonzero(goal_links[j]):
+                k = rng.integers(1, p.n_exit + 1)
+                adj[rng.choice(exit_[c], size=k, replace=False), g] = True
+        return dict(starts=starts, goals=goals, entry=entry, mid=mid, exit=exit_, adj=adj,
+                    concept_of=concept_of, vocab=vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._layout["vocab"]
+
+    @property
+    def adjacency(self) -> np.ndarray:
+        return self._layout["adj"]
+
+    @property
+    def concept_of(self) -> np.ndarray:
+        return self._layout["concept_of"]
+
+    @property
+    def n_concepts(self) -> int:
+        return self.params.n_concepts
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.params.max_path_len + 1  # nodes + EOS
+
+    @cached_property
+    def concept_weights(self) -> np.ndarray:
+        ranks = np.arange(self.params.n_concepts)
+        return (ranks + 1.0) ** -self.params.zipf_alpha
+
+    def token_name(self, t: int) -> str:
+        return SPECIALS[t] if t < len(SPECIALS) else f"n{t}"
+
+    # ------------------------------------------------------------------ paths
+    def path_table(self, start: int, goal: int) -> PathTable:
+        """Enumerate every valid path s -> entry -> middle -> exit -> g with its base probability."""
+        L, adj = self._layout, self._layout["adj"]
+        paths, concepts = [], []
+        for c in range(self.params.n_concepts):
+            for e in L["entry"][c]:
+                if not adj[start, e]:
+                    continue
+                for m in L["mid"][c]:
+                    if not adj[e, m]:
+                        continue
+                    for x in L["exit"][c]:
+                        if adj[m, x] and adj[x, goal]:
+                            paths.append((start, e, m, x, goal))
+                            concepts.append(c)
+        paths_a = np.array(paths, dtype=np.int64).reshape(-1, 5)
+        concepts_a = np.array(concepts, dtype=np.int64)
+        prior = np.zeros(len(paths_a))
+        if len(paths_a):
+            feasible = np.unique(concepts_a)
+            w = self.concept_weights[feasible] / self.concept_weights[feasible].sum()
+            for c, wc in zip(feasible, w):
+                sel = concepts_a == c
+                prior[sel] = wc / sel.sum()
+        return PathTable(paths_a, concepts_a, prior)
+
+    def feasible_concepts(self, start: int, goal: int) -> np.ndarray:
+        return np.unique(self.path_table(start, goal).concepts)
+
+    # ------------------------------------------------------------------ splits
+    @cached_property
+    def _splits(self) -> dict[str, list[Prompt]]:
+        p = self.params
+        rng = np.random.default_rng([p.seed, 1])
+        rare = set(range(p.n_concepts - p.n_rare, p.n_concepts))
+        ordinary, rare_only = [], []
+        for s in self._layout["starts"]:
+            for g in self._layout["goals"]:
+                feas = set(self.feasible_concepts(int(s), int(g)).tolist())
+                if not feas:
+                    continue
+                (rare_only if feas <= rare else ordinary).append((int(s), int(g)))
+        order = rng.permutation(len(ordinary))
+        ordinary = [ordinary[i] for i in order]
+        n_held = int(round(p.held_out_fraction * len(ordinary)))
+        held, pre = ordinary[:n_held], ordinary[n_held:]
+        n_val = int(round(p.id_val_fraction * n_held))
+        n_test = int(round(p.id_test_fraction * n_held))
+        val, test, train = held[:n_val], held[n_val:n_val + n_test], held[n_val + n_test:]
+        out = {
+            "pretrain": [Prompt(s, g, "pretrain") for s, g in pre],
+            "id_train": [Prompt(s, g, "id_train") for s, g in train],
+            "id_val": [Prompt(s, g, "id_val") for s, g in val],
+            "id_test": [Prompt(s, g, "id_test") for s, g in test],
+            "ood_rare": [Prompt(s, g, "ood_rare") for s, g in rare_only],
+        }
+        # Blocked: ID test pairs with an alternative; the concept the pretraining prior prefers
+        # for the pair (the lowest-ranked feasible one, which the base model learns) is closed.
+        blocked = []
+        for q in out["id_test"]:
+            feas = self.feasible_concepts(q.start, q.goal)
+            if len(feas) >= 2:
+                blocked.append(Prompt(q.start, q.goal, "ood_blocked", blocked=int(feas.min())))
+        out["ood_blocked"] = blocked
+        return out
+
+    def prompts(self, split: str) -> list[Prompt]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split '{split}'; allowed: {', '.join(SPLITS)}")
+        return list(self._splits[split])
+
+    # ------------------------------------------------------------------ verifier
+    def verify(self, prompts: list[Prompt], completions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised verifier. `completions[i]` is the generated token row for `prompts[i]`
+        (EOS-terminated, padded with anything after EOS). Returns (correct [N] bool,
+        concept [N] int, -1 where incorrect). A rollout is correct iff it is a node sequence that
+        ends with EOS within `max_path_len` nodes, starts at s, ends at g, follows edges, repeats
+        no node, and does not cross the prompt's blocked concept."""
+        comp = np.asarray(completions, dtype=np.int64)
+        n, width = comp.shape
+        starts = np.array([q.start for q in prompts])
+        goals = np.array([q.goal for q in prompts])
+        blocked = np.array([q.blocked for q in prompts])
+        is_eos = comp == EOS
+        has_eos = is_eos.any(1)
+        length = np.where(has_eos, is_eos.argmax(1), width)  # nodes before EOS
+        pos = np.arange(width)[None, :]
+        inside = pos < length[:, None]
+        node = comp >= len(SPECIALS)
+        ok = has_eos & (length >= 2) & (length <= self.params.max_path_len)
+        ok &= np.where(inside, node, True).all(1)
+        ok &= comp[:, 0] == starts
+        last = comp[np.arange(n), np.clip(length - 1, 0, width - 1)]
+        ok &= last == goals
+        safe = np.where(inside & node, comp, 0)
+        adj = self._layout["adj"]
+        step_ok = adj[safe[:, :-1], safe[:, 1:]] | ~(inside[:, 1:])
+        ok &= step_ok.all(1)
+        srt = np.sort(np.where(inside, comp, -1 - pos), axis=1)  # padding made unique and negative
+        ok &= ~(srt[:, 1:] == srt[:, :-1]).any(1)
+        concept = np.where(ok, self._layout["concept_of"][safe[:, 1]], -1)
+        crosses_blocked = (blocked >= 0) & (concept == blocked)
+        ok &= ~crosses_blocked
+        concept = np.where(ok, concept, -1)
+        return ok, concept
+
+    # ------------------------------------------------------------------ contexts
+    def teacher_context(self, prompt: Prompt, demonstration: list[int] | np.ndarray) -> list[int]:
+        """The pretraining demonstration format: `DEMO y* SEP s g SEP` (y* without its EOS)."""
+        demo = [int(t) for t in demonstration if t != EOS and t != PAD]
+        return [DEMO, *demo, SEP, prompt.start, prompt.goal, SEP]
+
+    # ------------------------------------------------------------------ pretraining data
+    def pretraining_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens [N, L], loss_mask [N, L]) for next-token pretraining: the loss covers the
+        target path and its EOS only. Plain rows are `BOS s g SEP y EOS`; a `demo_fraction` of
+        rows are `DEMO y' SEP s g SEP y EOS` with y copying y' as set by the task parameters."""
+        p = self.params
+        rng = np.random.default_rng([p.seed, 2])
+        pairs = self.prompts("pretrain")
+        tables = [self.path_table(q.start, q.goal) for q in pairs]
+        width = 1 + 5 + 1 + 3 + 5 + 1
+        tokens = np.full((p.pretrain_pool, width), PAD, dtype=np.int64)
+        mask = np.zeros_like(tokens, dtype=bool)
+        which = rng.integers(len(pairs), size=p.pretrain_pool)
+        is_demo = rng.random(p.pretrain_pool) < p.demo_fraction
+        for k, (q, t) in enumerate(zip(pairs, tables)):
+            rows = np.flatnonzero(which == k)
+            if len(rows) == 0:
+                continue
+            y = rng.choice(len(t.prior), size=len(rows), p=t.prior)
+            demo_rows = is_demo[rows]
+            y_demo = rng.choice(len(t.prior), size=len(rows), p=t.prior)
+            copy_c = rng.random(len(rows)) < p.demo_copy_concept
+            copy_r = rng.random(len(rows)) < p.demo_copy_route
+            for i in np.flatnonzero(demo_rows & copy_c):
+                same = np.flatnonzero(t.concepts == t.concepts[y_demo[i]])
+                y[i] = y_demo[i] if copy_r[i] else rng.choice(same)
+            for r, yi, ydi, d in zip(rows, y, y_demo, demo_rows):
+                path = t.paths[yi].tolist()
+                if d:
+                    seq = self.teacher_context(q, t.paths[ydi]) + path + [EOS]
+                else:
+                    seq = q.tokens + path + [EOS]
+                tokens[r, :len(seq)] = seq
+                mask[r, len(seq) - len(path) - 1:len(seq)] = True
+        return tokens, mask
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self.params)

@@ -1,0 +1,229 @@
+"""Exact theory on finite output spaces: RL preserves ratios, SDSD tilts and compounds, mitigations."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import softmax
+
+from mitigate import theory as th
+from mitigate.theory import (
+    EXAMPLE_CORRECT,
+    EXAMPLE_P0,
+    cmi_reweighted_optimum,
+    cmi_reweighting_error,
+    copy_kernel_teacher,
+    demo_distribution,
+    expected_pcmi,
+    marginal_teacher,
+    marginal_teacher_bias,
+    max_log_ratio_error,
+    rl_optimum,
+    sdsd_iterate,
+    sdsd_optimum,
+)
+
+P0, C = EXAMPLE_P0, EXAMPLE_CORRECT
+GROUPS = np.array([0, 0, 1, 1, 2, 3, 3])          # concepts: correct ones pure, incorrect ones pure
+
+
+def ratios(p, correct):
+    q = p[correct]
+    return q[:, None] / q[None, :]
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 10.0])
+def test_rl_optimum_preserves_ratios(beta):
+    p = rl_optimum(P0, C, beta)
+    assert p.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(ratios(p, C), ratios(P0, C), rtol=1e-9, atol=0)
+    assert max_log_ratio_error(p, P0, C) < 1e-9
+    pc = P0[C].sum()                                  # and moves exactly the KL-leashed mass onto C
+    assert p[C].sum() == pytest.approx(pc * np.exp(1 / beta) / (pc * np.exp(1 / beta) + 1 - pc), rel=1e-12)
+
+
+def _random_problem(seed, n=6):
+    rng = np.random.default_rng(seed)
+    p0 = rng.dirichlet(np.ones(n))
+    correct = rng.random(n) < 0.6
+    correct[:2] = True
+    T = rng.dirichlet(np.ones(n), size=n)
+    return p0, correct, T
+
+
+@pytest.mark.parametrize("case", ["random0", "random1", "copy", "copy_groups"])
+def test_sdsd_closed_form_matches_numerical_minimisation(case):
+    if case.startswith("random"):
+        p0, correct, T = _random_problem(int(case[-1]))
+    else:
+        p0, correct = P0, C
+        T = copy_kernel_teacher(P0, 0.5, groups=GROUPS if case == "copy_groups" else None)
+    d = demo_distribution(p0, correct)
+
+    def objective(theta):                             # E_{y*~d} KL(q || T[y*]), written out directly
+        q = softmax(theta)
+        logq = np.log(q)
+        f = sum(d[j] * np.sum(q * (logq - np.log(T[j]))) for j in range(len(d)))
+        dfdq = sum(d[j] * (logq + 1 - np.log(T[j])) for j in range(len(d)))
+        return f, q * (dfdq - q @ dfdq)
+
+    res = minimize(objective, np.zeros(len(p0)), jac=True, method="BFGS", options={"gtol": 1e-13})
+    q_num = softmax(res.x)
+    q = sdsd_optimum(p0, correct, T)
+    assert np.max(np.abs(q - q_num)) < 1e-6
+    # equivalently p0 exp(E[pcmi]) / Z
+    tilt = expected_pcmi(p0, T, d)
+    np.testing.assert_allclose(q, softmax(np.log(p0) + tilt), atol=1e-12)
+
+
+def test_demo_independent_teacher_has_zero_tilt():
+    # "zero tilt": every row of T is p0, so pcmi(y; y*) = log p0(y) - log p0(y) = 0 for all y, y*;
+    # E[pcmi] is then constant (0) and SDSD's optimum is p0 itself (incorrect outputs included).
+    T = np.tile(P0, (P0.size, 1))
+    np.testing.assert_allclose(expected_pcmi(P0, T, demo_distribution(P0, C)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(sdsd_optimum(P0, C, T), P0, atol=1e-12)
+    np.testing.assert_allclose(copy_kernel_teacher(P0, 0.0), T, atol=1e-15)
+    np.testing.assert_allclose(sdsd_optimum(P0, C, copy_kernel_teacher(P0, 0.0, groups=GROUPS)), P0,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("strength", [0.1, 0.5, 0.9])
+def test_copying_widens_the_gap_between_top_outputs(strength):
+    q = sdsd_optimum(P0, C, copy_kernel_teacher(P0, strength))
+    assert q[0] / q[1] > P0[0] / P0[1] * (1 + 1e-6)
+    assert max_log_ratio_error(q, P0, C) > 1e-3
+
+
+@pytest.mark.parametrize("strength", [0.1, 0.5, 0.9])
+def test_concept_copying_widens_the_gap_between_top_concepts(strength):
+    # copying the demonstration's concept: the likelier concept gains, ratios inside a concept stay
+    q = sdsd_optimum(P0, C, copy_kernel_teacher(P0, strength, groups=GROUPS))
+    assert (q[0] + q[1]) / (q[2] + q[3]) > (P0[0] + P0[1]) / (P0[2] + P0[3]) * (1 + 1e-6)
+    assert q[0] / q[1] == pytest.approx(P0[0] / P0[1], rel=1e-12)
+    assert q[2] / q[3] == pytest.approx(P0[2] / P0[3], rel=1e-12)
+
+
+def test_iterated_sdsd_collapses_while_rl_keeps_ratios():
+    traj = sdsd_iterate(P0, C, lambda p: copy_kernel_teacher(p, 0.5), 20)
+    assert traj.shape == (21, P0.size)
+    np.testing.assert_allclose(traj.sum(1), 1.0)
+    top = traj[:, 0]
+    assert top[0] == pytest.approx(0.30)
+    assert np.all(np.diff(top) > 0)
+    assert top.max() > 0.9
+    # RL, even iterated on-policy, keeps the base ratios (top share among correct stays 0.30 / 0.85)
+    p = P0
+    for _ in range(20):
+        p = rl_optimum(p, C, 1.0)
+        assert max_log_ratio_error(p, P0, C) < 1e-9
+    assert p[0] / p[C].sum() == pytest.approx(0.30 / 0.85)
+
+
+@pytest.mark.parametrize("groups", [None, GROUPS])
+@pytest.mark.parametrize("strength", [0.3, 0.8])
+def test_copy_kernel_is_bayes_consistent(groups, strength):
+    d = demo_distribution(P0, C)
+    # exact Bayes consistency w.r.t. its own base
+    T = copy_kernel_teacher(P0, strength, groups=groups)
+    np.testing.assert_allclose(P0 @ T, P0, atol=1e-14)
+    Tc = copy_kernel_teacher(P0, strength, groups=groups, correct=C)
+    np.testing.assert_allclose(d @ Tc, d, atol=1e-14)            # E_{y*~p0(.|C)} T[y*] = p0(.|C)
+    # the arithmetic mean over correct demonstrations (marginalised teacher, M -> inf) is
+    # ratio-preserving on C for both kernels, while the geometric mean (SDSD) is not
+    for teacher in (T, Tc):
+        assert max_log_ratio_error(d @ teacher, P0, C) < 1e-12
+        assert max_log_ratio_error(sdsd_optimum(P0, C, teacher), P0, C) > 1e-2
+
+
+def test_marginal_teacher_exact_enumeration_matches_brute_force():
+    T = copy_kernel_teacher(P0, 0.5)
+    d = demo_distribution(P0, C)
+    M = 3
+    logm = np.zeros(P0.size)
+    for tup in itertools.product(np.flatnonzero(d), repeat=M):
+        logm += np.prod(d[list(tup)]) * np.log(T[list(tup)].mean(0))
+    np.testing.assert_allclose(marginal_teacher(T, d, M), softmax(logm), atol=1e-12)
+    # Monte Carlo fallback agrees with the exact value
+    q_mc = marginal_teacher(T, d, 4, exact_max_tuples=1, n_mc=50_000, rng=np.random.default_rng(1))
+    np.testing.assert_allclose(q_mc, marginal_teacher(T, d, 4), atol=3e-3)
+
+
+@pytest.mark.parametrize("kernel", ["plain", "correct_only"])
+def test_marginal_teacher_bias_decreases_with_M(kernel):
+    T = copy_kernel_teacher(P0, 0.5, correct=C if kernel == "correct_only" else None)
+    sdsd_err = max_log_ratio_error(sdsd_optimum(P0, C, T), P0, C)
+    b1, b4, b8, b16 = marginal_teacher_bias(P0, C, T, [1, 4, 8, 16])
+    assert b1 == pytest.approx(sdsd_err, abs=1e-10)             # M = 1 is plain SDSD
+    np.testing.assert_allclose(marginal_teacher(T, demo_distribution(P0, C), 1), sdsd_optimum(P0, C, T),
+                               atol=1e-12)
+    assert b1 > b4 > b8 > b16
+    assert b16 < 0.4 * b1
+
+
+def test_cmi_reweighting_approaches_ratio_preservation():
+    T = copy_kernel_teacher(P0, 0.5)
+    sdsd_err = max_log_ratio_error(sdsd_optimum(P0, C, T), P0, C)
+    # one fixed pool of M demonstrations: error of the per-pool target, E over pools ~ 1/sqrt(M)
+    e1, e4, e16 = cmi_reweighting_error(P0, C, T, [1, 4, 16])
+    assert e1 > e4 > e16
+    assert 0.15 < e16 / e1 < 0.35                               # 1/sqrt(16) = 0.25
+    (e64,) = cmi_reweighting_error(P0, C, T, [64], exact_max_tuples=1, rng=np.random.default_rng(0))
+    assert e64 < sdsd_err                                       # needs M ~ 64 to beat SDSD here
+    # expected target E_draws[q]: error is second order in the residual, ~1/M
+    m1, m4, m16 = [max_log_ratio_error(cmi_reweighted_optimum(P0, C, T, M), P0, C) for M in (1, 4, 16)]
+    assert m1 > m4 > m16
+    assert m16 < sdsd_err
+    # fresh demonstrations every update: reverse-KL fixed point = geometric mean of per-draw targets,
+    # exactly p0 for any M (the tilt estimate is unbiased in log space)
+    logq, w = th._cmi_draws(P0, C, T, 2, 10**6, 0, None)
+    assert max_log_ratio_error(softmax(w @ logq), P0, C) < 1e-12
+    # brute force over ordered pairs for M = 2
+    d = demo_distribution(P0, C)
+    tau = expected_pcmi(P0, T, d)
+    q_bf = np.zeros(P0.size)
+    for a, b in itertools.product(np.flatnonzero(d), repeat=2):
+        tau_hat = (expected_pcmi(P0, T, np.eye(P0.size)[a]) + expected_pcmi(P0, T, np.eye(P0.size)[b])) / 2
+        q_bf += d[a] * d[b] * softmax(np.log(P0) + tau - tau_hat)
+    np.testing.assert_allclose(cmi_reweighted_optimum(P0, C, T, 2), q_bf, atol=1e-12)
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="strength must be in"):
+        copy_kernel_teacher(P0, 1.5)
+    with pytest.raises(ValueError, match="strength must be in"):
+        copy_kernel_teacher(P0, -0.1)
+    bad = P0 * 0.9
+    with pytest.raises(ValueError, match="must sum to 1"):
+        rl_optimum(bad, C, 1.0)
+    with pytest.raises(ValueError, match="must sum to 1"):
+        sdsd_optimum(bad, C, copy_kernel_teacher(P0, 0.5))
+    none = np.zeros_like(C)
+    with pytest.raises(ValueError, match="no correct output"):
+        demo_distribution(P0, none)
+    with pytest.raises(ValueError, match="no correct output"):
+        sdsd_optimum(P0, none, copy_kernel_teacher(P0, 0.5))
+    with pytest.raises(ValueError, match="no correct output"):   # correct outputs with zero mass
+        demo_distribution(np.array([0.0, 1.0]), np.array([True, False]))
+    with pytest.raises(ValueError, match="boolean"):
+        rl_optimum(P0, C.astype(int), 1.0)
+    with pytest.raises(ValueError, match="rows? .*sum to 1|must sum to 1"):
+        sdsd_optimum(P0, C, np.full((P0.size, P0.size), 0.5))
+    with pytest.raises(ValueError, match="M .*>= 1"):
+        marginal_teacher(copy_kernel_teacher(P0, 0.5), demo_distribution(P0, C), 0)
+
+
+def test_theory_report(tmp_path):
+    res = th.theory_report(tmp_path / "out")
+    for name in ("tilt_vs_base.png", "iterated_dynamics.png", "marginal_bias.png", "theory.md"):
+        f = tmp_path / "out" / name
+        assert f.exists() and f.stat().st_size > 0
+    assert not list((tmp_path / "out").glob("*.tmp"))
+    assert res["iterated_top_share_20"] > 0.9 and res["iterations_to_top_share_0.9"] <= 20
+    assert res["rl_top_share"] == pytest.approx(0.30 / 0.85, abs=1e-3)
+    assert res["rl_max_log_ratio_error"] < 1e-9
+    assert res["sdsd_marginal_M1"] == pytest.approx(res["sdsd_max_log_ratio_error"])
+    assert res["sdsd_marginal_M16"] < res["sdsd_marginal_M4"] < res["sdsd_marginal_M1"]
+    assert res["sdsd_cmi_M16"] < res["sdsd_cmi_M4"] < res["sdsd_cmi_M1"]
+    md = (tmp_path / "out" / "theory.md").read_text()
+    assert "marginalised teacher" in md and f"{res['sdsd_max_log_ratio_error']:.4f}" in md
