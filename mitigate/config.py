@@ -51,12 +51,12 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = opt(3000, "optimizer steps of next-token pretraining", min=1)
+    steps: int = opt(80, "optimizer steps of next-token pretraining", min=1)
     batch_size: int = opt(256, "sequences per pretraining step", min=1)
     lr: float = opt(3e-3, "peak AdamW learning rate (cosine decay after warmup)", min=0.0)
-    warmup_steps: int = opt(100, "linear warmup steps", min=0)
+    warmup_steps: int = opt(20, "linear warmup steps", min=0)
     weight_decay: float = opt(0.01, "AdamW weight decay", min=0.0)
-    log_every: int = opt(100, "steps between metric lines in metrics.jsonl", min=1)
+    log_every: int = opt(10, "steps between metric lines in metrics.jsonl", min=1)
 
 
 @dataclass
@@ -90,7 +90,7 @@ class EvalConfig:
     samples: int = opt(128, "samples per prompt for pass@k and diversity", min=1)
     temperature: float = opt(1.0, "sampling temperature at evaluation", min=1e-3)
     batch_size: int = opt(4096, "sequences sampled per forward batch", min=1)
-    max_prompts: int = opt(0, "cap on prompts per split (0 = all)", min=0)
+    max_prompts: int = opt(64, "cap on prompts per split (0 = all)", min=0)
 
 
 @dataclass

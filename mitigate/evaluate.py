@@ -78,6 +78,9 @@ def demonstration_bias(model, task, prompts, n_demos: int = 4, n: int = 64, temp
             contexts += [task.teacher_context(q, tokens[j])] * n
             owners.append(i)
             demo_concepts.append(concepts[j])
+    if not contexts:  # no correct sample anywhere: nothing to demonstrate
+        return {"share_with_demo": float("nan"), "share_without_demo": float("nan"), "lift": float("nan"),
+                "n_prompts": 0, "n_demos": n_demos, "samples": n}
     s = sample(model, contexts, task.max_new_tokens, temperature, gen, batch_size)
     reps = [prompts[o] for o in owners for _ in range(n)]
     _, t_conc = task.verify(reps, s.tokens.numpy())
@@ -91,3 +94,26 @@ def demonstration_bias(model, task, prompts, n_demos: int = 4, n: int = 64, temp
     lift = [np.mean(v) for v in per_prompt.values()]
     return {"share_with_demo": float(np.mean(with_demo)), "share_without_demo": float(np.mean(without)),
             "lift": float(np.mean(lift)), "n_prompts": len(per_prompt), "n_demos": n_demos, "samples": n}
+
+
+def evaluate_checkpoint(ckpt, out, overrides=(), seed: int = 0, demo_bias: bool = False,
+                        quiet: bool = False) -> dict:
+    """`mitigate eval`: the checkpoint's own resolved config (task, eval) plus overrides."""
+    from mitigate import config as C
+    from mitigate.policy import load_checkpoint
+    from mitigate.runs import write_json
+    from mitigate.tasks import make_task
+
+    model, meta = load_checkpoint(ckpt)
+    data = meta["config"]
+    for o in overrides:
+        data = C.apply_override(data, o)
+    cfg = C.build(C.Config, data)
+    task = make_task(cfg.task)
+    res = {"method": meta.get("method"), "checkpoint": str(ckpt), "seed": seed,
+           **evaluate(model, task, cfg.eval, seed, quiet)}
+    if demo_bias:
+        res["demo_bias"] = demonstration_bias(model, task, split_prompts(task, "id_test", cfg.eval.max_prompts),
+                                              seed=seed, batch_size=cfg.eval.batch_size, quiet=quiet)
+    write_json(out, res)
+    return res

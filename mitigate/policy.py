@@ -78,6 +78,9 @@ def sample(model, contexts: list[list[int]], max_new_tokens: int, temperature: f
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    if not contexts:
+        empty = torch.zeros((0, max_new_tokens), dtype=torch.long)
+        return Samples(tokens=empty, mask=empty.clone(), token_entropy=torch.zeros(0))
     outs, ents = [], []
     for lo in range(0, len(contexts), batch_size):
         tok, ent = _sample_batch(model, contexts[lo:lo + batch_size], max_new_tokens, temperature,

@@ -41,8 +41,8 @@ class GraphParams:
     n_exit: int = _f(2, "exit nodes per community", min=1)
     p_start_link: float = _f(0.8, "probability that a start node links into a community", min=0.0, max=1.0)
     p_goal_link: float = _f(0.6, "probability that a goal node is reachable from a community", min=0.0, max=1.0)
-    p_internal: float = _f(0.6, "density of entry->middle and middle->exit edges", min=0.0, max=1.0)
-    zipf_alpha: float = _f(1.2, "skew of the pretraining concept preference w_c = (rank_c+1)^-alpha", min=0.0)
+    p_internal: float = _f(0.5, "density of entry->middle and middle->exit edges", min=0.0, max=1.0)
+    zipf_alpha: float = _f(1.0, "skew of the pretraining concept preference w_c = (rank_c+1)^-alpha", min=0.0)
     n_rare: int = _f(5, "lowest-ranked concepts that count as rare (rare-only OOD pairs use only them)", min=1)
     demo_fraction: float = _f(0.3, "share of pretraining sequences with a demonstration prefix", min=0.0, max=1.0)
     demo_copy_concept: float = _f(0.7, "P(target shares the demonstration's concept)", min=0.0, max=1.0)
@@ -95,13 +95,18 @@ class GraphTask:
         p = self.params
         rng = np.random.default_rng([p.seed, 0])
         nxt = len(SPECIALS)
-        starts = np.arange(nxt, nxt + p.n_start); nxt += p.n_start
-        goals = np.arange(nxt, nxt + p.n_goal); nxt += p.n_goal
+
+        def take(k: int) -> np.ndarray:
+            nonlocal nxt
+            nxt += k
+            return np.arange(nxt - k, nxt)
+
+        starts, goals = take(p.n_start), take(p.n_goal)
         entry, mid, exit_ = [], [], []
         for _ in range(p.n_concepts):
-            entry.append(np.arange(nxt, nxt + p.n_entry)); nxt += p.n_entry
-            mid.append(np.arange(nxt, nxt + p.n_mid)); nxt += p.n_mid
-            exit_.append(np.arange(nxt, nxt + p.n_exit)); nxt += p.n_exit
+            entry.append(take(p.n_entry))
+            mid.append(take(p.n_mid))
+            exit_.append(take(p.n_exit))
         vocab = nxt
         adj = np.zeros((vocab, vocab), dtype=bool)
         concept_of = np.full(vocab, -1, dtype=np.int64)

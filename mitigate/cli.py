@@ -1,0 +1,128 @@
+"""`mitigate` command line: pretrain, train, eval, reproduce, theory.
+
+Every command takes `--config FILE`, `--preset NAME` and repeatable `--set key.sub=value`.
+Bad input (unknown key, value, preset, method, missing checkpoint) exits with status 2 and a
+message naming the problem and the allowed choices; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+USAGE_ERRORS: tuple = ()
+
+
+def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("--config", help="YAML config (partial; merged over the preset)")
+        p.add_argument("--preset", help="starting preset (default: the config's own, else 'default')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mitigate", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="train the base model on the task's pretraining split")
+    _common(p)
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--seed", type=int, help="overrides `seed`")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+    p = sub.add_parser("train", help="on-policy post-training from a base checkpoint")
+    _common(p)
+    p.add_argument("--init", required=True, help="base run folder or checkpoint folder")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--seed", type=int, help="overrides `seed`")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+    p = sub.add_parser("eval", help="sample n per prompt on ID and OOD splits; write metrics JSON")
+    _common(p, config=False)
+    p.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--samples", type=int, help="samples per prompt (default: eval.samples = 128)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--demo-bias", action="store_true", help="also measure the demonstration bias")
+
+    p = sub.add_parser("reproduce", help="the whole comparison -> summary.json, summary.md, plots")
+    _common(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+    p = sub.add_parser("theory", help="exact checks on enumerable spaces -> figures and a table")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--ckpt", help="also probe this trained base model (run folder)")
+    p.add_argument("--sdsd", nargs="*", default=[], help="SDSD run folders for the measured concept shift")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    from mitigate import config as C
+    from mitigate.policy import CheckpointError
+    from mitigate.runs import OutputExists
+
+    try:
+        return _dispatch(args)
+    except (C.ConfigError, CheckpointError, OutputExists) as e:
+        print(f"mitigate {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _load(args, C):
+    overrides = list(args.overrides)
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"seed={args.seed}")
+    return C.load(getattr(args, "config", None), getattr(args, "preset", None), overrides)
+
+
+def _dispatch(args) -> int:
+    from mitigate import config as C
+
+    if args.command == "pretrain":
+        from mitigate.pretrain import pretrain
+
+        out = pretrain(_load(args, C), args.out, args.overwrite, args.quiet)
+        print(f"base model written to {out / 'checkpoint'}")
+    elif args.command == "train":
+        from mitigate.policy import resolve_checkpoint
+        from mitigate.train import train
+
+        cfg = _load(args, C)
+        out = train(cfg, resolve_checkpoint(args.init), args.out, args.overwrite, args.quiet)
+        print(f"trained model written to {out / 'checkpoint'}")
+    elif args.command == "eval":
+        from mitigate.evaluate import evaluate_checkpoint
+
+        overrides = list(args.overrides) + ([f"eval.samples={args.samples}"] if args.samples else [])
+        res = evaluate_checkpoint(args.ckpt, args.out, overrides, args.seed, args.demo_bias, args.quiet)
+        pk = res["id"]["pass_at_k"]
+        print(f"ID pass@1 {pk['1']:.3f}  pass@{max(pk, key=int)} {pk[max(pk, key=int)]:.3f} -> {args.out}")
+    elif args.command == "reproduce":
+        from mitigate.reproduce import reproduce
+
+        cfg = _load(args, C)
+        out = reproduce(cfg, Path(args.out), args.overwrite, args.quiet)
+        print(f"summary written to {out / 'summary.md'}")
+    elif args.command == "theory":
+        from mitigate.theory_cli import run_theory
+
+        run_theory(Path(args.out), args.ckpt, args.sdsd, args.quiet)
+        print(f"theory report written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
