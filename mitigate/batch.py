@@ -25,7 +25,9 @@ class Batch:
     teacher_fn: Callable[[list[list[int]]], torch.Tensor]  # contexts -> [B, T, V], no grad
     ref_fn: Callable[[], torch.Tensor]  # -> [B, T, V] frozen base model, no grad (cached)
     generator: torch.Generator  # for demonstration draws; seeded by the loop
-    cache: dict = field(default_factory=dict)  # objectives may memoise across inner epochs
+    ref_sample_fn: Callable[[list, int], tuple] | None = None  # (prompts, n) -> base-model samples
+    cache: dict = field(default_factory=dict)  # per step: memoise across inner epochs
+    state: dict = field(default_factory=dict)  # per run: persists across steps (e.g. reference sets)
 
     @property
     def group_size(self) -> int:
@@ -40,3 +42,10 @@ class Batch:
 
     def ref_logprobs(self) -> torch.Tensor:
         return self.ref_fn()
+
+    def ref_samples(self, prompts: list, n: int) -> tuple:
+        """n samples per prompt from the frozen base model: (tokens [P*n, T] numpy, correct [P*n],
+        concepts [P*n]), drawn with the loop's seeded generator."""
+        if self.ref_sample_fn is None:
+            raise RuntimeError("this batch was built without a base-model sampler")
+        return self.ref_sample_fn(prompts, n)

@@ -101,6 +101,12 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
     probe_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 900)
     method = method or tc.objective.name
     G = tc.group_size
+    ref_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 700 + rank)
+    run_state: dict = {}
+
+    def ref_sample_fn(prompts, n):
+        out = sample_prompts(base, task, prompts, n, tc.temperature, ref_gen, cfg.eval.batch_size, quiet=True)
+        return out[0], out[1], out[2]
 
     ctx = run_folder(out, overwrite) if accelerator.is_main_process else _NullFolder(out)
     with ctx as tmp:
@@ -140,7 +146,8 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                               concepts=torch.as_tensor(concepts_np, device=dev), logprobs=logprobs,
                               old_token_logprobs=old,
                               teacher_fn=lambda c, t=tokens, m=mask: teacher.logprobs(c, t, m),
-                              ref_fn=ref_fn, generator=demo_gen, cache=batch_cache)
+                              ref_fn=ref_fn, generator=demo_gen, ref_sample_fn=ref_sample_fn,
+                              cache=batch_cache, state=run_state)
                 loss, scalars = objective.fn(batch, tc.objective)
                 for entry, rcfg in regularizers:
                     r_loss, r_scalars = entry.fn(batch, rcfg)
