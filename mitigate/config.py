@@ -73,6 +73,7 @@ class TrainConfig:
     prompts_per_step: int = opt(64, "prompts per step (each sampled group_size times)", min=1)
     group_size: int = opt(8, "rollouts per prompt (GRPO group / SDSD demonstration pool)", min=2)
     lr: float = opt(1e-4, "AdamW learning rate (constant)", min=0.0)
+    kl_coef: float = opt(0.02, "beta: k3 KL leash to the frozen base model, shared by every objective", min=0.0)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
     grad_clip: float = opt(1.0, "max gradient norm (0 disables clipping)", min=0.0)
     inner_epochs: int = opt(1, "optimizer passes over each batch of rollouts", min=1)
@@ -137,6 +138,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"'{where}' must be an integer, got {value!r}")
         return int(value)
     if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads `3e-5` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{where}' must be a number, got {value!r}")
         return float(value)

@@ -19,8 +19,16 @@ from mitigate import registry
 from mitigate.batch import Batch
 from mitigate.evaluate import sample_prompts
 from mitigate.metrics import pass_at_k
-from mitigate.objectives.functional import masked_mean, token_divergence
-from mitigate.policy import clone_frozen, continuation_logprobs, load_checkpoint, n_params, sample, save_checkpoint
+from mitigate.objectives.functional import k3_kl, masked_mean, token_divergence
+from mitigate.policy import (
+    clone_frozen,
+    continuation_logprobs,
+    gather_tokens,
+    load_checkpoint,
+    n_params,
+    sample,
+    save_checkpoint,
+)
 from mitigate.pretrain import checkpoint_meta
 from mitigate.runs import MetricsLog, run_folder, write_meta
 from mitigate.tasks import make_task
@@ -149,6 +157,10 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                               ref_fn=ref_fn, generator=demo_gen, ref_sample_fn=ref_sample_fn,
                               cache=batch_cache, state=run_state)
                 loss, scalars = objective.fn(batch, tc.objective)
+                if tc.kl_coef > 0:  # the shared KL anchor (k3 on sampled tokens)
+                    k3 = masked_mean(k3_kl(batch.token_logprobs(), gather_tokens(ref_fn(), tokens)), mask)
+                    loss = loss + tc.kl_coef * k3
+                    scalars["kl_base_k3"] = float(k3.detach())
                 for entry, rcfg in regularizers:
                     r_loss, r_scalars = entry.fn(batch, rcfg)
                     loss = loss + rcfg.coef * r_loss

@@ -1,8 +1,11 @@
-"""GRPO: group-normalised advantages, clipped importance ratio, k3 KL to the frozen base model.
+"""GRPO: group-normalised advantages and a clipped importance ratio.
 
     A_i   = (r_i - mean_G r) / (std_G r + eps)           (std scaling switchable)
     rho_t = pi(y_t | .) / pi_old(y_t | .)
-    L     = agg_t[ -min(rho_t A_i, clip(rho_t, 1-eps, 1+eps) A_i) + beta * k3(pi, pi_base)_t ]
+    L     = agg_t[ -min(rho_t A_i, clip(rho_t, 1-eps, 1+eps) A_i) ]
+
+The KL leash to the frozen base model, beta * k3(pi, pi_base), is not here: the loop adds it to
+every objective (`train.kl_coef`), so GRPO, SDSD and the mitigations share the same anchor.
 """
 
 from __future__ import annotations
@@ -13,15 +16,13 @@ import torch
 
 from mitigate.batch import Batch
 from mitigate.config import opt
-from mitigate.objectives.functional import AGGREGATIONS, aggregate, group_advantages, k3_kl, masked_mean
-from mitigate.policy import gather_tokens
+from mitigate.objectives.functional import AGGREGATIONS, aggregate, group_advantages, masked_mean
 from mitigate.registry import register_objective
 
 
 @dataclass
 class GRPOConfig:
     name: str = "grpo"
-    beta: float = opt(0.02, "coefficient of the k3 KL to the frozen base model", min=0.0)
     clip_eps: float = opt(0.2, "PPO clip range of the importance ratio", min=0.0)
     scale_std: bool = opt(True, "divide group-centred rewards by the group std")
     aggregation: str = opt("token_mean", "how per-token losses are reduced", choices=AGGREGATIONS)
@@ -34,10 +35,7 @@ def grpo(batch: Batch, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
     ratio = torch.exp(logp - batch.old_token_logprobs)
     a = adv[:, None]
     pg = -torch.minimum(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)
-    kl = k3_kl(logp, gather_tokens(batch.ref_logprobs(), batch.tokens))
-    loss = aggregate(pg + cfg.beta * kl, batch.mask, cfg.aggregation)
+    loss = aggregate(pg, batch.mask, cfg.aggregation)
     clipped = ((ratio - 1).abs() > cfg.clip_eps).float()
-    return loss, {"pg_loss": aggregate(pg, batch.mask, cfg.aggregation).item(),
-                  "kl_base_k3": masked_mean(kl, batch.mask).item(),
-                  "clip_frac": masked_mean(clipped, batch.mask).item(),
+    return loss, {"clip_frac": masked_mean(clipped, batch.mask).item(),
                   "zero_std_groups": zero_std.float().mean().item()}
