@@ -72,7 +72,7 @@ class TrainConfig:
     steps: int = opt(60, "on-policy optimizer steps", min=1)
     prompts_per_step: int = opt(64, "prompts per step (each sampled group_size times)", min=1)
     group_size: int = opt(8, "rollouts per prompt (GRPO group / SDSD demonstration pool)", min=2)
-    lr: float = opt(1e-4, "AdamW learning rate (constant)", min=0.0)
+    lr: float = opt(3e-5, "AdamW learning rate (constant)", min=0.0)
     kl_coef: float = opt(0.02, "beta: k3 KL leash to the frozen base model, shared by every objective", min=0.0)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
     grad_clip: float = opt(1.0, "max gradient norm (0 disables clipping)", min=0.0)

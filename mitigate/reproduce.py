@@ -148,6 +148,11 @@ def reproduce(cfg: C.Config, out: Path, overwrite: bool = False, quiet: bool = F
                    "methods": {m: summarize_method(rows[m]) for m in methods if m in rows},
                    "base_demo_bias": bias,
                    "budget": _budget(cfg, method_cfgs)}
+        if len(summary["methods"]) > 1:
+            from mitigate.ranking import plot_pareto, rank_methods
+
+            summary["ranking"] = rank_methods(summary)
+            plot_pareto(summary, tmp / "pareto.png")
         write_json(tmp / "summary.json", summary)
         from mitigate.report import write_report
 
