@@ -1,0 +1,144 @@
+"""`mitigate theory`: the exact report of mitigate.theory, plus a probe of a trained network.
+
+The probe enumerates every valid path y of selected ID prompts, computes the exact sequence
+probabilities p(y|x) and p(y|x, y*) under the base model for every demonstration y* among those
+paths, and from them the SDSD tilt (DESIGN.md section 1):
+
+    E_{y*}[pcmi(y; y*|x)] = sum_{y*} d(y*) [log p(y|x,y*) - log p(y|x)],  d(y*) ∝ p(y*|x) on correct y*
+    p_SD(y) ∝ p(y|x) exp(E_{y*}[pcmi])                                    (mitigate.theory.sdsd_optimum)
+
+Per concept c it predicts the log shift of the concept's share among correct outputs,
+log(p_SD(c) / p(c)), and compares it with the measured log shift of trained SDSD checkpoints,
+log(p_trained(c) / p(c)), also computed exactly from the enumerated paths (no sampling noise).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from mitigate.runs import write_json, write_text
+
+
+@torch.no_grad()
+def path_logprobs(model, task, prompt, paths: np.ndarray, context: list[int] | None = None) -> np.ndarray:
+    """log p(path + EOS | context) for every enumerated path (context defaults to the prompt)."""
+    from mitigate.policy import sequence_logprob
+    from mitigate.tasks.graph import EOS
+
+    cont = torch.as_tensor(np.concatenate([paths, np.full((len(paths), 1), EOS)], 1))
+    ctx = [context or prompt.tokens] * len(paths)
+    return sequence_logprob(model, ctx, cont, torch.ones_like(cont)).double().numpy()
+
+
+def concept_shares(logp: np.ndarray, concepts: np.ndarray, n_concepts: int) -> np.ndarray:
+    p = np.exp(logp - logp.max())
+    return np.bincount(concepts, weights=p, minlength=n_concepts) / p.sum()
+
+
+def probe_prompt(base, task, prompt) -> dict:
+    t = task.path_table(prompt.start, prompt.goal)
+    logp = path_logprobs(base, task, prompt, t.paths)  # [P]
+    teacher = np.stack([path_logprobs(base, task, prompt, t.paths, task.teacher_context(prompt, y_star))
+                        for y_star in t.paths])  # [P*, P]: log p(y | x, y*)
+    demo = np.exp(logp - logp.max())
+    demo /= demo.sum()
+    pcmi = demo @ (teacher - logp[None, :])  # expected pcmi per path
+    tilted = logp + pcmi
+    k = task.n_concepts
+    return {"concepts": t.concepts, "paths": t.paths, "logp": logp, "pcmi": pcmi,
+            "base_share": concept_shares(logp, t.concepts, k), "pred_share": concept_shares(tilted, t.concepts, k)}
+
+
+def run_theory(out: Path, ckpt: str | None = None, sdsd_runs: list[str] = (), quiet: bool = False,
+               n_prompts: int = 24) -> dict:
+    from mitigate.runs import run_folder
+    from mitigate.theory import theory_report
+
+    with run_folder(out, overwrite=True) as tmp:
+        result = {"exact": theory_report(tmp)}
+        if ckpt:
+            result["probe"] = network_probe(tmp, ckpt, sdsd_runs, quiet, n_prompts)
+        write_json(tmp / "theory.json", _jsonable(result))
+    return result
+
+
+def network_probe(out: Path, ckpt: str, sdsd_runs: list[str], quiet: bool, n_prompts: int) -> dict:
+    from mitigate import config as C
+    from mitigate.policy import load_checkpoint
+    from mitigate.tasks import make_task
+
+    base, meta = load_checkpoint(ckpt)
+    task = make_task(C.build(C.Config, meta["config"]).task)
+    trained = [load_checkpoint(r)[0] for r in sdsd_runs]
+    prompts = task.prompts("id_test")[:n_prompts]
+    pred, meas, rows = [], [], []
+    for q in tqdm(prompts, desc="theory probe", disable=quiet):
+        r = probe_prompt(base, task, q)
+        feasible = np.unique(r["concepts"])
+        measured = [concept_shares(path_logprobs(m, task, q, r["paths"]), r["concepts"], task.n_concepts)
+                    for m in trained]
+        for c in feasible:
+            p_tilt = float(np.log(r["pred_share"][c] / r["base_share"][c]))
+            row = {"start": q.start, "goal": q.goal, "concept": int(c), "base_share": float(r["base_share"][c]),
+                   "predicted_share": float(r["pred_share"][c]), "predicted_log_shift": p_tilt}
+            if measured:
+                share = float(np.mean([m[c] for m in measured]))
+                row.update(measured_share=share, measured_log_shift=float(np.log(share / r["base_share"][c])))
+                pred.append(p_tilt)
+                meas.append(row["measured_log_shift"])
+            rows.append(row)
+    res = {"n_prompts": len(prompts), "n_points": len(rows), "sdsd_runs": list(sdsd_runs)}
+    if meas:
+        rho, pval = spearmanr(pred, meas)
+        res.update(spearman_rho=float(rho), p_value=float(pval))
+        _scatter(out / "probe_tilt_vs_shift.png", pred, meas, rho)
+    top = [r for r in rows if r["base_share"] == max(x["base_share"] for x in rows
+                                                      if (x["start"], x["goal"]) == (r["start"], r["goal"]))]
+    res["mean_predicted_log_shift_top_concept"] = float(np.mean([r["predicted_log_shift"] for r in top]))
+    write_json(out / "probe_rows.json", rows)
+    lines = ["# Network probe: predicted SDSD tilt vs measured concept shift", "",
+             f"Base checkpoint `{ckpt}`; {len(prompts)} ID test prompts, {len(rows)} (prompt, concept) points.",
+             "Mean predicted log-shift of each prompt's top concept: "
+             f"{res['mean_predicted_log_shift_top_concept']:.3f}."]
+    if meas:
+        lines.append(f"Spearman rho (predicted vs measured log-shift, {len(sdsd_runs)} SDSD runs): "
+                     f"{res['spearman_rho']:.3f} (p = {res['p_value']:.2g}).")
+    write_text(out / "probe.md", "\n".join(lines) + "\n")
+    return res
+
+
+def _scatter(path: Path, x, y, rho) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    ax.scatter(x, y, s=12, alpha=0.7)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("predicted log shift of concept share (exact tilt)")
+    ax.set_ylabel("measured log shift after SDSD")
+    ax.set_title(f"Spearman rho = {rho:.2f}")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
