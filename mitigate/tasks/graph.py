@@ -45,7 +45,7 @@ class GraphParams:
     zipf_alpha: float = _f(1.0, "skew of the pretraining concept preference w_c = (rank_c+1)^-alpha", min=0.0)
     n_rare: int = _f(5, "lowest-ranked concepts that count as rare (rare-only OOD pairs use only them)", min=1)
     demo_fraction: float = _f(0.3, "share of pretraining sequences with a demonstration prefix", min=0.0, max=1.0)
-    demo_copy_concept: float = _f(0.7, "P(target shares the demonstration's concept)", min=0.0, max=1.0)
+    demo_copy_concept: float = _f(0.95, "P(target shares the demonstration's concept)", min=0.0, max=1.0)
     demo_copy_route: float = _f(0.5, "P(target copies the whole route | shared concept)", min=0.0, max=1.0)
     held_out_fraction: float = _f(0.4, "share of ordinary pairs kept out of pretraining", min=0.05, max=0.95)
     id_val_fraction: float = _f(0.2, "share of held-out pairs used for validation (model selection)",
