@@ -1,3 +1,3 @@
 """Training signals, one file each, registered by name (see mitigate.registry)."""
 
-from mitigate.objectives import grpo, sdsd  # noqa: F401  (registration side effects)
+from mitigate.objectives import grpo, sdsd, sdsd_cmi, sdsd_marginal  # noqa: F401  (registration)

@@ -1,0 +1,68 @@
+"""sdsd_marginal: SDSD against a teacher marginalised over M demonstrations.
+
+The teacher is the arithmetic mixture of the M demonstration-conditioned teachers at the sequence
+level, q(y) = (1/M) sum_m p(y | x, y*_m). Its exact token-level conditionals weight demonstration
+m at position t by how well its teacher explains the student's prefix:
+
+    q(v | x, y_<t) = sum_m w_m(t) p(v | x, y*_m, y_<t),   w_m(t) ∝ p(y_<t | x, y*_m)
+    L = agg_t D( pi(. | x, y_<t) || q(. | x, y_<t) )                 (D = reverse KL by default)
+
+Fixed point: SDSD's geometric mean of teachers becomes a geometric mean of M-mixtures,
+exp(E log (1/M) sum_m T[y*_m, y]) / Z (mitigate.theory.marginal_teacher). With a Bayes-consistent
+teacher, E_{y*} p(y|x,y*) = p(y|x,C), so as M grows the target approaches the ratio-preserving
+p0(y | x, C). A side effect that matters on a network: a rollout that left a demonstration's
+concept is scored mostly by the demonstrations it resembles, not by a teacher it contradicts.
+M = 1 is exactly `sdsd`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mitigate.batch import Batch
+from mitigate.config import opt
+from mitigate.objectives.functional import aggregate, masked_mean, pick_demonstrations, token_divergence
+from mitigate.objectives.sdsd import SDSDConfig, demonstration_contexts
+from mitigate.registry import register_objective
+
+
+@dataclass
+class SDSDMarginalConfig(SDSDConfig):
+    name: str = "sdsd_marginal"
+    M: int = opt(4, "demonstrations in the teacher mixture", min=1)
+
+
+def marginal_teacher_logprobs(teacher_logprobs: torch.Tensor, tokens: torch.Tensor,
+                              mask: torch.Tensor) -> torch.Tensor:
+    """[M, B, T, V] per-demonstration teacher log-probs -> [B, T, V] log-probs of the mixture
+    whose weight on demonstration m at position t is softmax_m(log p_m(y_<t))."""
+    tok = teacher_logprobs.gather(-1, tokens.expand(teacher_logprobs.shape[0], -1, -1).unsqueeze(-1))[..., 0]
+    tok = tok * mask  # [M, B, T]
+    prefix = tok.cumsum(-1) - tok  # log p_m(y_<t): exclusive prefix sum
+    log_w = prefix - torch.logsumexp(prefix, 0, keepdim=True)
+    return torch.logsumexp(log_w.unsqueeze(-1) + teacher_logprobs, 0)
+
+
+def marginal_teacher(batch: Batch, M: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(demonstration indices [B, M], mixture teacher log-probs [B, T, V]), cached per step."""
+    if "marginal" not in batch.cache:
+        demos = pick_demonstrations(batch.group_index, batch.correct, M, batch.generator)
+        per_demo = torch.stack([batch.teacher_logprobs(demonstration_contexts(batch, demos[:, m]))
+                                for m in range(M)])
+        batch.cache["marginal"] = (demos, marginal_teacher_logprobs(per_demo, batch.tokens, batch.mask))
+    return batch.cache["marginal"]
+
+
+@register_objective("sdsd_marginal", SDSDMarginalConfig)
+def sdsd_marginal(batch: Batch, cfg: SDSDMarginalConfig) -> tuple[torch.Tensor, dict]:
+    if cfg.estimator != "full_vocab":
+        raise ValueError("sdsd_marginal supports estimator 'full_vocab' only")
+    demos, teacher = marginal_teacher(batch, cfg.M)
+    has_demo = (demos[:, 0] >= 0).float()[:, None]
+    mask = batch.mask * has_demo
+    per_token = token_divergence(batch.logprobs, teacher, cfg.divergence)
+    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.logprobs.sum() * 0
+    return loss, {f"{cfg.divergence}_teacher": masked_mean(per_token.detach(), mask).item(),
+                  "masked_prompts": 1.0 - has_demo.mean().item()}
