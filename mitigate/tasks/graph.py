@@ -61,7 +61,7 @@ class GraphParams:
             raise ValueError("task.id_val_fraction + task.id_test_fraction must leave room for id_train (< 1)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prompt:
     """One (start, goal) query. `blocked` is a concept closed at evaluation time (-1 = none)."""
 
@@ -272,6 +272,26 @@ class GraphTask:
         ok &= ~crosses_blocked
         concept = np.where(ok, concept, -1)
         return ok, concept
+
+    def rollout_features(self, completions: np.ndarray, concepts: np.ndarray, concept_weight: float = 0.5
+                         ) -> np.ndarray:
+        """Features for comparing rollouts (the `ot` regularizer): [N, n_concepts + vocab].
+
+        Concept one-hot scaled so that two paths of different concepts are `concept_weight` apart in
+        squared distance, then visited-node counts scaled so that two paths differing in every one of
+        their nodes are `1 - concept_weight` apart. Incorrect rollouts (concept -1) have no concept part."""
+        comp = np.asarray(completions, dtype=np.int64)
+        n = len(comp)
+        one_hot = np.zeros((n, self.n_concepts))
+        ok = concepts >= 0
+        one_hot[np.flatnonzero(ok), concepts[ok]] = 1.0
+        is_eos = comp == EOS
+        length = np.where(is_eos.any(1), is_eos.argmax(1), comp.shape[1])
+        inside = (np.arange(comp.shape[1])[None, :] < length[:, None]) & (comp >= len(SPECIALS))
+        counts = np.zeros((n, self.vocab_size))
+        np.add.at(counts, (np.repeat(np.arange(n), comp.shape[1])[inside.ravel()], comp[inside]), 1.0)
+        return np.hstack([np.sqrt(concept_weight / 2) * one_hot,
+                          np.sqrt((1 - concept_weight) / (2 * self.params.max_path_len)) * counts])
 
     # ------------------------------------------------------------------ contexts
     def teacher_context(self, prompt: Prompt, demonstration: list[int] | np.ndarray) -> list[int]:

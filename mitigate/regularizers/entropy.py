@@ -1,0 +1,41 @@
+"""entropy: a token-level entropy bonus, with an optional full-vocabulary KL leash to the base.
+
+    R = - agg_t H(pi(. | x, y_<t))  +  base_kl * agg_t KL(pi(. | x, y_<t) || pi_0(. | x, y_<t))
+
+The loop adds coef * R, so coef > 0 rewards spread at every position of the model's own rollouts.
+It has no fixed point of its own among correct outputs: token entropy is not concept diversity
+(a model can be uncertain about routes inside one concept while never leaving it), which is
+exactly what the paper argues and what this regularizer lets you measure. The leash pulls the
+whole next-token distribution toward the base model, unlike the k3 anchor (sampled tokens only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mitigate.batch import Batch
+from mitigate.config import opt
+from mitigate.objectives.functional import AGGREGATIONS, aggregate, token_divergence
+from mitigate.registry import register_regularizer
+
+
+@dataclass
+class EntropyConfig:
+    name: str = "entropy"
+    coef: float = opt(0.01, "weight of the term in the loss (bonus strength)", min=0.0)
+    base_kl: float = opt(0.0, "weight of the full-vocabulary KL(pi || base) leash inside the term", min=0.0)
+    aggregation: str = opt("token_mean", "how per-token terms are reduced", choices=AGGREGATIONS)
+
+
+@register_regularizer("entropy", EntropyConfig)
+def entropy(batch: Batch, cfg: EntropyConfig) -> tuple[torch.Tensor, dict]:
+    token_entropy = -(batch.logprobs.exp() * batch.logprobs).sum(-1)  # [B, T]
+    per_token = -token_entropy
+    scalars = {"token_entropy": float(aggregate(token_entropy.detach(), batch.mask, "token_mean"))}
+    if cfg.base_kl > 0:
+        kl = token_divergence(batch.logprobs, batch.ref_logprobs(), "reverse_kl")
+        per_token = per_token + cfg.base_kl * kl
+        scalars["kl_base_full"] = float(aggregate(kl.detach(), batch.mask, "token_mean"))
+    return aggregate(per_token, batch.mask, cfg.aggregation), scalars
