@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--base", help="reuse this pretrained base run instead of pretraining (ablation sweeps)")
 
     p = sub.add_parser("theory", help="exact checks on enumerable spaces -> figures and a table")
     p.add_argument("--out", required=True, help="output folder")
@@ -114,7 +115,7 @@ def _dispatch(args) -> int:
         from mitigate.reproduce import reproduce
 
         cfg = _load(args, C)
-        out = reproduce(cfg, Path(args.out), args.overwrite, args.quiet)
+        out = reproduce(cfg, Path(args.out), args.overwrite, args.quiet, base=args.base)
         print(f"summary written to {out / 'summary.md'}")
     elif args.command == "theory":
         from mitigate.theory_cli import run_theory

@@ -92,6 +92,8 @@ class EvalConfig:
     temperature: float = opt(1.0, "sampling temperature at evaluation", min=1e-3)
     batch_size: int = opt(4096, "sequences sampled per forward batch", min=1)
     max_prompts: int = opt(64, "cap on prompts per split (0 = all)", min=0)
+    id_split: str = opt("id_test", "ID split evaluated (id_val to choose settings, id_test to report)",
+                        choices=("id_test", "id_val"))
 
 
 @dataclass

@@ -13,6 +13,11 @@ from mitigate.policy import sample
 EVAL_SPLITS = {"id": "id_test", "blocked": "ood_blocked", "rare": "ood_rare"}
 
 
+def eval_splits(eval_cfg) -> dict[str, str]:
+    """Result key -> task split; the ID key reads `eval.id_split` (id_val for choosing settings)."""
+    return {**EVAL_SPLITS, "id": eval_cfg.id_split}
+
+
 def split_prompts(task, split: str, max_prompts: int = 0) -> list:
     prompts = task.prompts(split)
     return prompts[:max_prompts] if max_prompts else prompts
@@ -48,12 +53,12 @@ def evaluate(model, task, eval_cfg, seed: int, quiet: bool = False) -> dict:
     """The eval JSON: {"id": {...}, "ood": {"blocked": {...}, "rare": {...}}, "ci95": {...}}."""
     gen = torch.Generator().manual_seed(seed)
     res, ci = {}, {}
-    for key, split in EVAL_SPLITS.items():
+    for key, split in eval_splits(eval_cfg).items():
         prompts = split_prompts(task, split, eval_cfg.max_prompts)
         r = evaluate_split(model, task, prompts, eval_cfg.samples, eval_cfg.temperature, gen,
                            eval_cfg.batch_size, desc=f"eval {split}", quiet=quiet)
         res[key], ci[key] = dict(r["mean"], n_prompts=r["n_prompts"]), r["ci95"]
-    return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature,
+    return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split,
             "id": res["id"], "ood": {"blocked": res["blocked"], "rare": res["rare"]},
             "ci95": {"id": ci["id"], "ood": {"blocked": ci["blocked"], "rare": ci["rare"]}}}
 
@@ -113,7 +118,7 @@ def evaluate_checkpoint(ckpt, out, overrides=(), seed: int = 0, demo_bias: bool 
     res = {"method": meta.get("method"), "checkpoint": str(ckpt), "seed": seed,
            **evaluate(model, task, cfg.eval, seed, quiet)}
     if demo_bias:
-        res["demo_bias"] = demonstration_bias(model, task, split_prompts(task, "id_test", cfg.eval.max_prompts),
+        res["demo_bias"] = demonstration_bias(model, task, split_prompts(task, cfg.eval.id_split, cfg.eval.max_prompts),
                                               seed=seed, batch_size=cfg.eval.batch_size, quiet=quiet)
     write_json(out, res)
     return res

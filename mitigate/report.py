@@ -70,7 +70,8 @@ def write_report(summary: dict, out: Path) -> None:
     b = summary.get("budget", {})
     parts = [f"# mitigate reproduce — preset `{summary['preset']}`", "",
              f"Wall time: {summary['wall_seconds']:.0f} s. Means over seeds; 95% intervals from a two-level "
-             "bootstrap (seeds, then prompts). Diversity is measured among correct samples.", ""]
+             "bootstrap (seeds, then prompts). Diversity is measured among correct samples. "
+             f"ID columns are on the `{summary.get('id_split', 'id_test')}` pairs.", ""]
     if b:
         parts += [f"Budget (all trained methods): {b.get('steps')} steps x {b.get('prompts_per_step')} prompts x "
                   f"{b.get('group_size')} rollouts, lr {b.get('lr')}; evaluation n = {b.get('eval_samples')}.", ""]

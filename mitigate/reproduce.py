@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mitigate import config as C
-from mitigate.evaluate import EVAL_SPLITS, demonstration_bias, evaluate_split, split_prompts
+from mitigate.evaluate import demonstration_bias, eval_splits, evaluate_split, split_prompts
 from mitigate.metrics import mean_metrics
 from mitigate.runs import run_folder, write_json, write_text
 
@@ -43,7 +43,7 @@ def _eval_all(model, task, cfg, seed, quiet):
 
     gen = torch.Generator().manual_seed(10_000 + seed)
     out = {}
-    for key, split in EVAL_SPLITS.items():
+    for key, split in eval_splits(cfg.eval).items():
         prompts = split_prompts(task, split, cfg.eval.max_prompts)
         out[key] = evaluate_split(model, task, prompts, cfg.eval.samples, cfg.eval.temperature, gen,
                                   cfg.eval.batch_size, desc=f"eval {split}", quiet=quiet)["rows"]
@@ -110,8 +110,11 @@ def summarize_method(per_seed_rows: dict[int, dict]) -> dict:
             "per_seed": per_seed}
 
 
-def reproduce(cfg: C.Config, out: Path, overwrite: bool = False, quiet: bool = False) -> Path:
-    from mitigate.policy import load_checkpoint
+def reproduce(cfg: C.Config, out: Path, overwrite: bool = False, quiet: bool = False,
+              base: str | Path | None = None) -> Path:
+    """`base`: reuse this pretrained base (run or checkpoint folder) instead of pretraining one,
+    e.g. for ablation sweeps that share the main comparison's base model."""
+    from mitigate.policy import load_checkpoint, resolve_checkpoint
     from mitigate.pretrain import pretrain
     from mitigate.tasks import make_task
 
@@ -120,16 +123,22 @@ def reproduce(cfg: C.Config, out: Path, overwrite: bool = False, quiet: bool = F
     method_cfgs = {m: method_config(cfg, m) for m in train_methods}  # validate before any work
     seeds = list(cfg.reproduce.seeds)
     task = make_task(cfg.task)
+    if base is not None:
+        base_ckpt = resolve_checkpoint(base)
+        base_model, meta = load_checkpoint(base_ckpt)
+        if meta.get("task") != C.to_dict(cfg.task):
+            raise C.ConfigError(f"--base '{base}' was pretrained on other task parameters than this config's")
     t0 = time.time()
     stages = 1 + len(train_methods) * len(seeds)
     with run_folder(out, overwrite) as tmp:
         write_text(tmp / "config.yaml", C.dump(cfg))
         bar = tqdm(total=stages, desc="reproduce", unit="run", disable=quiet)
-        bar.set_postfix_str("pretrain base")
-        base_dir = pretrain(cfg, tmp / "base", quiet=True)
-        base, _ = load_checkpoint(base_dir)
-        rows = {"base": {cfg.seed: _eval_all(base, task, cfg, cfg.seed, quiet)}}
-        bias = demonstration_bias(base, task, split_prompts(task, "id_test", cfg.eval.max_prompts),
+        if base is None:
+            bar.set_postfix_str("pretrain base")
+            base_ckpt = pretrain(cfg, tmp / "base", quiet=True) / "checkpoint"
+            base_model, _ = load_checkpoint(base_ckpt)
+        rows = {"base": {cfg.seed: _eval_all(base_model, task, cfg, cfg.seed, quiet)}}
+        bias = demonstration_bias(base_model, task, split_prompts(task, cfg.eval.id_split, cfg.eval.max_prompts),
                                   seed=cfg.seed, batch_size=cfg.eval.batch_size, quiet=True)
         bar.update(1)
         for m in train_methods:
@@ -139,12 +148,13 @@ def reproduce(cfg: C.Config, out: Path, overwrite: bool = False, quiet: bool = F
             for s in seeds:
                 bar.set_postfix_str(f"{m} seed {s}")
                 mcfg = C.build(C.Config, C.merge(C.to_dict(method_cfgs[m]), {"seed": s}))
-                run = train(mcfg, base_dir / "checkpoint", tmp / f"{m}-seed{s}", quiet=True, method=m)
+                run = train(mcfg, base_ckpt, tmp / f"{m}-seed{s}", quiet=True, method=m)
                 model, _ = load_checkpoint(run)
                 rows[m][s] = _eval_all(model, task, cfg, s, quiet)
                 bar.update(1)
         bar.close()
         summary = {"preset": cfg.preset, "wall_seconds": round(time.time() - t0, 1),
+                   "id_split": cfg.eval.id_split, "base_checkpoint": str(base) if base else "base/checkpoint",
                    "methods": {m: summarize_method(rows[m]) for m in methods if m in rows},
                    "base_demo_bias": bias,
                    "budget": _budget(cfg, method_cfgs)}
