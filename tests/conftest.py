@@ -1,0 +1,43 @@
+"""Shared fixtures: the smoke config, and one smoke base model pretrained once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from mitigate import config as C  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg() -> C.Config:
+    return C.load(preset="smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_task(smoke_cfg):
+    from mitigate.tasks import make_task
+
+    return make_task(smoke_cfg.task)
+
+
+@pytest.fixture(scope="session")
+def smoke_base(tmp_path_factory, smoke_cfg):
+    """Run folder of the smoke base model (pretrained once; treat as read-only)."""
+    from mitigate.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("smoke") / "base"
+    pretrain(smoke_cfg, out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_model(smoke_base):
+    """The smoke base model in eval mode (shared: do not train it in place)."""
+    from mitigate.policy import load_checkpoint
+
+    model, _ = load_checkpoint(smoke_base)
+    return model
