@@ -1,0 +1,207 @@
+"""Mitigations: composition by registration, the estimators' defining properties, config errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mitigate import config as C
+from mitigate import registry
+from mitigate.batch import Batch
+from mitigate.config import opt
+from mitigate.objectives.functional import aggregate
+from mitigate.policy import continuation_logprobs, load_checkpoint, sample
+from mitigate.pretrain import pretrain
+from mitigate.regularizers.ot import sinkhorn_potentials
+from mitigate.tasks import make_task
+from mitigate.tasks.graph import EOS
+from mitigate.train import train
+
+
+# --------------------------------------------------------------------------- a toy regularizer
+@dataclass
+class ShortPathsConfig:
+    name: str = "test_short_paths"
+    coef: float = opt(1.0, "weight", min=0.0)
+
+
+@registry.register_regularizer("test_short_paths", ShortPathsConfig)
+def short_paths(batch: Batch, cfg: ShortPathsConfig):
+    """Raise the log-probability of the group's rollouts in proportion to their shortness."""
+    length = batch.mask.sum(1)
+    loss = aggregate(length[:, None] * batch.token_logprobs(), batch.mask, "token_mean")
+    return loss, {"mean_length": float(length.mean())}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mit") / "base"
+    pretrain(C.load(preset="smoke"), out, quiet=True)
+    return out
+
+
+def _weights(run):
+    return load_file(str(run / "checkpoint" / "model.safetensors"))
+
+
+def test_toy_regularizer_registered_from_test_file_trains_two_steps(base, tmp_path):
+    cfg = C.load(preset="smoke", overrides=["train.steps=2", "train.lr=1e-2",
+                                            "train.regularizers=[{name: test_short_paths, coef: 5.0}]"])
+    assert cfg.train.regularizers[0].coef == 5.0
+    run = train(cfg, base, tmp_path / "toy", quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("test_short_paths/mean_length" in r for r in rows[1:])
+    plain = train(C.load(preset="smoke", overrides=["train.steps=2", "train.lr=1e-2"]), base,
+                  tmp_path / "plain", quiet=True)
+    a, b = _weights(run), _weights(plain)
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the regularizer had no effect on the weights"
+
+
+@pytest.mark.parametrize("objective,regs", [
+    ("sdsd_marginal", []), ("sdsd_cmi", []),
+    ("sdsd", [{"name": "entropy", "coef": 0.01, "base_kl": 0.1}]), ("sdsd", [{"name": "ot", "coef": 0.5}]),
+])
+def test_builtin_mitigations_train_and_log(base, tmp_path, objective, regs):
+    reg = "[" + ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in r.items()) + "}" for r in regs) + "]"
+    cfg = C.load(preset="smoke", overrides=["train.steps=2", f"train.objective.name={objective}",
+                                            f"train.regularizers={reg}"])
+    run = train(cfg, base, tmp_path / "run", quiet=True)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(last["loss"])
+    for r in regs:
+        assert f"{r['name']}/loss" in last
+
+
+# --------------------------------------------------------------------------- config errors
+@pytest.mark.parametrize("override,needle", [
+    ("train.regularizers=[{name: entrpy, coef: 0.1}]", "did you mean 'entropy'"),
+    ("train.regularizers=[{name: entropy, coef: -0.1}]", "must be >= 0"),
+    ("train.regularizers=[{name: ot, coef: 0.1, reg: 0}]", "must be >= 0.0001"),
+    ("train.objective.name=sdsd_marginl", "registered: grpo, sdsd, sdsd_cmi, sdsd_marginal"),
+    ("train.objective={name: sdsd_marginal, M: 0}", "'train.objective.M' must be >= 1"),
+    ("train.objective={name: sdsd_cmi, M: 0}", "'train.objective.M' must be >= 1"),
+    ("train.objective={name: sdsd_cmi, coef: -1}", "'train.objective.coef' must be >= 0"),
+])
+def test_bad_mitigation_config_names_the_problem(override, needle):
+    with pytest.raises(C.ConfigError) as err:
+        C.load(preset="smoke", overrides=[override])
+    assert needle in str(err.value)
+
+
+def test_unknown_regularizer_lists_registered():
+    with pytest.raises(C.ConfigError) as err:
+        C.load(preset="smoke", overrides=["train.regularizers=[{name: nope}]"])
+    assert "registered:" in str(err.value) and "entropy" in str(err.value) and "ot" in str(err.value)
+
+
+# --------------------------------------------------------------------------- estimator properties
+@pytest.fixture(scope="module")
+def batch_parts(base):
+    """Everything but the student log-probs of one training batch of the smoke base model."""
+    cfg = C.load(preset="smoke")
+    task = make_task(cfg.task)
+    model, _ = load_checkpoint(base)
+    prompts = task.prompts("id_train")[:4]
+    G = 6
+    contexts = [q.tokens for q in prompts for _ in range(G)]
+    s = sample(model, contexts, task.max_new_tokens, 1.0, torch.Generator().manual_seed(0))
+    correct, concepts = task.verify([q for q in prompts for _ in range(G)], s.tokens.numpy())
+    mask = s.mask.float()
+    return dict(model=model, task=task, prompts=prompts, contexts=contexts, tokens=s.tokens, mask=mask,
+                correct=torch.as_tensor(correct), concepts=torch.as_tensor(concepts), G=G)
+
+
+def make_batch(p, seed=0) -> Batch:
+    model, tokens, mask = p["model"], p["tokens"], p["mask"]
+    logprobs = continuation_logprobs(model, p["contexts"], tokens, mask)
+    return Batch(task=p["task"], prompts=p["prompts"],
+                 group_index=torch.arange(len(p["prompts"])).repeat_interleave(p["G"]), contexts=p["contexts"],
+                 tokens=tokens, mask=mask, rewards=p["correct"].float(), correct=p["correct"],
+                 concepts=p["concepts"], logprobs=logprobs, old_token_logprobs=logprobs.detach().gather(
+                     -1, tokens[..., None])[..., 0],
+                 teacher_fn=lambda c: continuation_logprobs(model, c, tokens, mask).detach(),
+                 ref_fn=lambda: logprobs.detach(), generator=torch.Generator().manual_seed(seed))
+
+
+def _objective(name, **fields):
+    entry = registry.get("objective", name)
+    return entry.fn, C.build(entry.config, {"name": name, **fields})
+
+
+def test_marginal_with_one_demonstration_is_sdsd(batch_parts):
+    assert batch_parts["correct"].any()
+    fn, cfg = _objective("sdsd")
+    loss_sdsd, _ = fn(make_batch(batch_parts), cfg)
+    fn, cfg = _objective("sdsd_marginal", M=1)
+    loss_marg, _ = fn(make_batch(batch_parts), cfg)
+    torch.testing.assert_close(loss_marg, loss_sdsd, rtol=1e-5, atol=1e-6)
+
+
+def test_cmi_without_reweighting_is_sdsd_and_with_it_differs(batch_parts):
+    fn, cfg = _objective("sdsd")
+    loss_sdsd, _ = fn(make_batch(batch_parts), cfg)
+    fn, cfg = _objective("sdsd_cmi", M=1, coef=0.0)
+    loss_cmi0, _ = fn(make_batch(batch_parts), cfg)
+    torch.testing.assert_close(loss_cmi0, loss_sdsd, rtol=1e-5, atol=1e-6)
+    fn, cfg = _objective("sdsd_cmi", M=1, coef=1.0)
+    b = make_batch(batch_parts)
+    loss_cmi, scalars = fn(b, cfg)
+    assert scalars["pcmi_spread_correct"] > 0
+    grad_cmi = torch.autograd.grad(loss_cmi, b.logprobs)[0]
+    b0 = make_batch(batch_parts)
+    grad_0 = torch.autograd.grad(fn(b0, _objective("sdsd_cmi", M=1, coef=0.0)[1])[0], b0.logprobs)[0]
+    assert not torch.allclose(grad_cmi, grad_0)
+
+
+def test_entropy_bonus_is_minus_mean_entropy_and_its_step_raises_entropy():
+    logits = torch.randn(3, 4, 5, requires_grad=True)
+    mask = torch.ones(3, 4)
+    mask[0, 2:] = 0
+    fn, cfg = registry.get("regularizer", "entropy").fn, C.build(registry.get("regularizer", "entropy").config, {})
+
+    def as_batch(lp):
+        return Batch(task=None, prompts=[0], group_index=torch.zeros(3, dtype=torch.long), contexts=[],
+                     tokens=torch.zeros(3, 4, dtype=torch.long), mask=mask, rewards=torch.zeros(3),
+                     correct=torch.zeros(3, dtype=torch.bool), concepts=torch.full((3,), -1), logprobs=lp,
+                     old_token_logprobs=torch.zeros(3, 4), teacher_fn=None, ref_fn=None, generator=None)
+
+    lp = logits.log_softmax(-1)
+    loss, _ = fn(as_batch(lp), cfg)
+    p = lp.detach().exp()
+    ent = -(p * p.log()).sum(-1)
+    torch.testing.assert_close(loss.detach(), -(ent * mask).sum() / mask.sum())
+    loss.backward()
+    with torch.no_grad():
+        lp2 = (logits - 0.5 * logits.grad).log_softmax(-1)
+        ent2 = -(lp2.exp() * lp2).sum(-1)
+    assert (ent2 * mask).sum() > (ent * mask).sum()
+
+
+def test_ot_potentials_penalise_the_over_covered_concept():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    group = torch.stack([a] * 7 + [b]).double()[None] / 2**0.5
+    reference = torch.stack([a] * 8 + [b] * 8).double()[None] / 2**0.5
+    f = sinkhorn_potentials(group, torch.full((1, 8), 1 / 8).double(), reference,
+                            torch.full((1, 16), 1 / 16).double(), reg=0.05)[0]
+    assert f[0] > f[7]
+    assert (f[0] - f[7]) <= 1.0 + 1e-6  # a dual potential difference is bounded by the cost between them
+    same = sinkhorn_potentials(reference[:, ::2], torch.full((1, 8), 1 / 8).double(), reference,
+                               torch.full((1, 16), 1 / 16).double(), reg=0.05)[0]
+    assert same.max() - same.min() < 1e-3  # matching the reference: no push
+
+
+def test_rollout_features_separate_concepts_and_routes():
+    task = make_task(C.load(preset="smoke").task)
+    q = next(q for q in task.prompts("id_train") if len(task.feasible_concepts(q.start, q.goal)) >= 2)
+    table = task.path_table(q.start, q.goal)
+    eos = np.full((len(table.paths), 1), EOS)
+    feats = task.rollout_features(np.hstack([table.paths, eos]), table.concepts, 0.5)
+    d = ((feats[:, None] - feats[None]) ** 2).sum(-1)
+    same_concept = table.concepts[:, None] == table.concepts[None]
+    assert d[~same_concept].min() > d[same_concept].max() - 1e-9
+    assert d.max() <= 1.0 + 1e-9
