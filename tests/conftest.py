@@ -8,8 +8,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from mitigate import config as C  # noqa: E402
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine (or with the
+# two-process distributed test) oversubscribed OpenMP threads make them ~10x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
