@@ -1,0 +1,142 @@
+"""`mitigate reproduce` end to end on the smoke preset (summary.json schema of DESIGN.md section 4),
+and (slow) the acceptance checks of the default-preset base model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from mitigate import cli
+from mitigate.metrics import ks_up_to
+
+METHODS = ["base", "grpo", "sdsd"]
+SEEDS = [0, 1]
+ID_SCALARS = ("distinct_correct", "concepts", "concept_entropy", "token_entropy")
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory, smoke_cfg):
+    root = tmp_path_factory.mktemp("reproduce")
+    out = root / "out"
+    rc = cli.main(["reproduce", "--preset", "smoke", "--out", str(out), "--quiet",
+                   "--set", f"reproduce.methods=[{', '.join(METHODS)}]",
+                   "--set", f"reproduce.seeds=[{', '.join(map(str, SEEDS))}]"])
+    assert rc == 0
+    assert os.listdir(root) == ["out"], "no temporary folder left behind"
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def leaves(tree, prefix=()):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from leaves(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def test_files(reproduced):
+    out, _ = reproduced
+    for name in ("summary.json", "summary.md", "pass_at_k.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert (out / "pass_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "summary.md").read_text()
+    assert "smoke" in md
+    for m in METHODS:
+        assert f"| {m} |" in md
+
+
+def test_summary_schema(reproduced, smoke_cfg):
+    _, s = reproduced
+    assert s["preset"] == "smoke"
+    assert isinstance(s["wall_seconds"], float) and s["wall_seconds"] > 0
+    assert list(s["methods"]) == METHODS
+    ks = [str(k) for k in ks_up_to(smoke_cfg.eval.samples)]
+    assert ks == ["1", "2", "4", "8"]
+    for name, m in s["methods"].items():
+        assert m["seeds"] == ([smoke_cfg.seed] if name == "base" else SEEDS)
+        assert list(m["id"]["pass_at_k"]) == ks
+        for key in ID_SCALARS:
+            assert isinstance(m["id"][key], float), (name, key)
+        assert set(m["ood"]) == {"blocked", "rare"}
+        for split in ("blocked", "rare"):
+            assert list(m["ood"][split]["pass_at_k"]) == ks
+        # ci95 has the same keys as the means
+        assert set(m["ci95"]) == {"id", "ood"}
+        for path, _ in leaves({"id": m["id"], "ood": m["ood"]}):
+            ci = get(m["ci95"], path)
+            assert isinstance(ci, list) and len(ci) == 2, (name, path)
+        assert [p["seed"] for p in m["per_seed"]] == m["seeds"]
+        for p in m["per_seed"]:
+            assert list(p["id"]["pass_at_k"]) == ks
+            assert set(p["ood"]) == {"blocked", "rare"}
+
+
+def test_values_and_intervals(reproduced):
+    _, s = reproduced
+    for name, m in s["methods"].items():
+        for split_pk in (m["id"]["pass_at_k"], m["ood"]["blocked"]["pass_at_k"], m["ood"]["rare"]["pass_at_k"]):
+            v = np.array(list(split_pk.values()))
+            assert ((v >= 0) & (v <= 1)).all() and (np.diff(v) >= -1e-12).all(), (name, v)
+        for path, mean in leaves({"id": m["id"], "ood": m["ood"]}):
+            lo, hi = get(m["ci95"], path)
+            if math.isnan(mean):
+                continue
+            assert lo - 1e-9 <= mean <= hi + 1e-9, (name, path, lo, mean, hi)
+        # the top level is the mean over seeds
+        for path, mean in leaves({"id": m["id"], "ood": m["ood"]}):
+            per = [get(p, path) for p in m["per_seed"]]
+            assert mean == pytest.approx(float(np.nanmean(per)), nan_ok=True), (name, path)
+    assert 0 < s["methods"]["base"]["id"]["pass_at_k"]["1"] < 1
+
+
+def test_trained_runs_kept(reproduced):
+    out, s = reproduced
+    for m in METHODS[1:]:
+        for seed in SEEDS:
+            assert (out / f"{m}-seed{seed}" / "checkpoint" / "model.safetensors").is_file()
+    assert (out / "base" / "checkpoint" / "model.safetensors").is_file()
+    assert s["budget"]["steps"] == 2 and set(s["budget"]["objectives"]) == set(METHODS[1:])
+
+
+# ----------------------------------------------------------------------------- slow: default preset
+
+@pytest.mark.slow
+def test_default_base_meets_acceptance(tmp_path):
+    """Issue 2: the default base model is a good starting point for the collapse experiment."""
+    import torch
+
+    from mitigate import config as C
+    from mitigate.evaluate import demonstration_bias, evaluate, split_prompts
+    from mitigate.policy import load_checkpoint
+    from mitigate.pretrain import pretrain
+    from mitigate.tasks import make_task
+
+    cfg = C.load(preset="default")
+    run = pretrain(cfg, tmp_path / "base", quiet=True)
+    model, _ = load_checkpoint(run)
+    task = make_task(cfg.task)
+    with torch.no_grad():
+        res = evaluate(model, task, cfg.eval, seed=0, quiet=True)
+        bias = demonstration_bias(model, task, split_prompts(task, "id_test", cfg.eval.max_prompts), seed=0,
+                                  batch_size=cfg.eval.batch_size, quiet=True)
+    idm = res["id"]
+    report = {"id": idm, "ood": res["ood"], "bias": bias}
+    assert 0.25 <= idm["pass_at_k"]["1"] <= 0.75, report
+    assert idm["pass_at_k"]["64"] >= 0.9, report
+    assert idm["top_concept_share"] >= 0.45, report
+    assert idm["concepts"] >= 2.5, report
+    assert bias["lift"] >= 0.15, report
+    for split in ("blocked", "rare"):
+        pk = res["ood"][split]["pass_at_k"]
+        assert pk["64"] >= 0.5, (split, report)
+        assert pk["1"] < idm["pass_at_k"]["1"], (split, report)
