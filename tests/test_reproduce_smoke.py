@@ -53,6 +53,9 @@ def test_files(reproduced):
     assert "smoke" in md
     for m in METHODS:
         assert f"| {m} |" in md
+    header = next(line for line in md.splitlines() if line.startswith("| method | seeds"))
+    assert "blocked pass@8" in header and "rare pass@8" in header  # the largest k evaluated (n = 8)
+    assert "pass@64" not in header
 
 
 def test_summary_schema(reproduced, smoke_cfg):
