@@ -1,4 +1,4 @@
-"""`mitigate` command line: pretrain, train, eval, reproduce, theory.
+"""`mitigate` command line: pretrain, train, eval, reproduce, table, theory.
 
 Every command takes `--config FILE`, `--preset NAME` and repeatable `--set key.sub=value`.
 Bad input (unknown key, value, preset, method, missing checkpoint) exits with status 2 and a
@@ -57,6 +57,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--base", help="reuse this pretrained base run instead of pretraining (ablation sweeps)")
+
+    p = sub.add_parser("table", help="one report over several reproduce/ablation folders")
+    p.add_argument("summaries", nargs="+", help="reproduce output folders or their summary.json")
+    p.add_argument("--out", required=True, help="output folder (summary.md, summary.json, plots)")
 
     p = sub.add_parser("theory", help="exact checks on enumerable spaces -> figures and a table")
     p.add_argument("--out", required=True, help="output folder")
@@ -117,6 +121,11 @@ def _dispatch(args) -> int:
         cfg = _load(args, C)
         out = reproduce(cfg, Path(args.out), args.overwrite, args.quiet, base=args.base)
         print(f"summary written to {out / 'summary.md'}")
+    elif args.command == "table":
+        from mitigate.report import write_combined
+
+        out = write_combined(args.summaries, Path(args.out))
+        print(f"combined table written to {out / 'summary.md'}")
     elif args.command == "theory":
         from mitigate.theory_cli import run_theory
 

@@ -69,8 +69,11 @@ def plot_pass_at_k(summary: dict, path: Path) -> None:
 def write_report(summary: dict, out: Path) -> None:
     out = Path(out)
     b = summary.get("budget", {})
-    parts = [f"# mitigate reproduce — preset `{summary['preset']}`", "",
-             f"Wall time: {summary['wall_seconds']:.0f} s. Means over seeds; 95% intervals from a two-level "
+    title = "combined table" if "sources" in summary else "reproduce"
+    parts = [f"# mitigate {title} — preset `{summary['preset']}`", ""]
+    if "sources" in summary:
+        parts += ["Sources: " + ", ".join(f"`{s}`" for s in summary["sources"]), ""]
+    parts += [f"Wall time: {summary['wall_seconds']:.0f} s. Means over seeds; 95% intervals from a two-level "
              "bootstrap (seeds, then prompts). Diversity is measured among correct samples. "
              f"ID columns are on the `{summary.get('id_split', 'id_test')}` pairs.", ""]
     if b:
@@ -94,3 +97,52 @@ def write_report(summary: dict, out: Path) -> None:
     parts += ["![pass@k](pass_at_k.png)", ""]
     plot_pass_at_k(summary, out / "pass_at_k.png")
     write_text(out / "summary.md", "\n".join(parts))
+
+
+def combine_summaries(paths: list[str | Path]) -> dict:
+    """Merge the methods of several summary.json files (e.g. ablation sweeps sharing one base)
+    into one summary for a joint table. Methods keep their names; `base` is taken from the first
+    file; any other repeated name is an error. Only summaries on the same ID split combine."""
+    import json
+
+    from mitigate.config import ConfigError
+
+    merged: dict = {"methods": {}, "sources": [str(p) for p in paths]}
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            p = p / "summary.json"
+        if not p.is_file():
+            raise ConfigError(f"no summary.json at '{p}'")
+        s = json.loads(p.read_text())
+        split = s.get("id_split", "id_test")
+        if merged.setdefault("id_split", split) != split:
+            raise ConfigError(f"'{p}' reports ID metrics on {split}, the others on {merged['id_split']}")
+        merged.setdefault("preset", s["preset"])
+        merged["wall_seconds"] = merged.get("wall_seconds", 0.0) + s["wall_seconds"]
+        for name, m in s["methods"].items():
+            if name in merged["methods"]:
+                if name == "base":
+                    continue
+                raise ConfigError(f"method '{name}' appears in more than one summary; rename it in one config")
+            merged["methods"][name] = m
+        for key in ("objectives", "regularizers"):
+            merged.setdefault("budget", {k: v for k, v in s.get("budget", {}).items()
+                                         if k not in ("objectives", "regularizers")})
+            merged["budget"].setdefault(key, {}).update(s.get("budget", {}).get(key, {}))
+    return merged
+
+
+def write_combined(paths: list[str | Path], out: Path) -> Path:
+    """`mitigate table`: one report (tables with intervals, ranking, Pareto and pass@k plots)
+    over the methods of several reproduce/ablation folders."""
+    from mitigate.ranking import plot_pareto, rank_methods
+    from mitigate.runs import run_folder, write_json
+
+    summary = combine_summaries(paths)
+    with run_folder(out, overwrite=True) as tmp:
+        summary["ranking"] = rank_methods(summary)
+        plot_pareto(summary, tmp / "pareto.png")
+        write_json(tmp / "summary.json", summary)
+        write_report(summary, tmp)
+    return Path(out)
