@@ -137,9 +137,11 @@ def reproduce(cfg: C.Config, out: Path, overwrite: bool = False, quiet: bool = F
             bar.set_postfix_str("pretrain base")
             base_ckpt = pretrain(cfg, tmp / "base", quiet=True) / "checkpoint"
             base_model, _ = load_checkpoint(base_ckpt)
-        rows = {"base": {cfg.seed: _eval_all(base_model, task, cfg, cfg.seed, quiet)}}
-        bias = demonstration_bias(base_model, task, split_prompts(task, cfg.eval.id_split, cfg.eval.max_prompts),
-                                  seed=cfg.seed, batch_size=cfg.eval.batch_size, quiet=True)
+        rows, bias = {}, None
+        if "base" in methods:  # a sweep on a shared base may leave it out of its table
+            rows["base"] = {cfg.seed: _eval_all(base_model, task, cfg, cfg.seed, quiet)}
+            bias = demonstration_bias(base_model, task, split_prompts(task, cfg.eval.id_split, cfg.eval.max_prompts),
+                                      seed=cfg.seed, batch_size=cfg.eval.batch_size, quiet=True)
         bar.update(1)
         for m in train_methods:
             from mitigate.train import train
@@ -156,8 +158,9 @@ def reproduce(cfg: C.Config, out: Path, overwrite: bool = False, quiet: bool = F
         summary = {"preset": cfg.preset, "wall_seconds": round(time.time() - t0, 1),
                    "id_split": cfg.eval.id_split, "base_checkpoint": str(base) if base else "base/checkpoint",
                    "methods": {m: summarize_method(rows[m]) for m in methods if m in rows},
-                   "base_demo_bias": bias,
                    "budget": _budget(cfg, method_cfgs)}
+        if bias is not None:
+            summary["base_demo_bias"] = bias
         if len(summary["methods"]) > 1:
             from mitigate.ranking import plot_pareto, rank_methods
 

@@ -111,6 +111,33 @@ def test_trained_runs_kept(reproduced):
     assert s["budget"]["steps"] == 2 and set(s["budget"]["objectives"]) == set(METHODS[1:])
 
 
+def test_sweep_on_shared_base_and_combined_table(reproduced, tmp_path):
+    """An ablation-style run reuses the base (--base), reports ID on id_val, and `mitigate table`
+    merges it with another summary; a repeated method name is refused with nothing written."""
+    out, _ = reproduced
+    val = tmp_path / "val"
+    sweep = ["reproduce", "--preset", "smoke", "--base", str(out / "base"), "--quiet",
+             "--set", "eval.id_split=id_val", "--set", "reproduce.methods=[sdsd_ent]",
+             "--set", "reproduce.method_configs={sdsd_ent: {train.objective: {name: sdsd}, "
+                      "train.regularizers: [{name: entropy, coef: 0.1}]}}"]
+    assert cli.main([*sweep, "--out", str(val)]) == 0
+    s = json.loads((val / "summary.json").read_text())
+    assert s["id_split"] == "id_val" and not (val / "base").exists()
+    assert s["budget"]["regularizers"]["sdsd_ent"][0]["coef"] == 0.1
+    val2 = tmp_path / "val2"
+    assert cli.main([*sweep, "--set", "reproduce.method_configs={sdsd_ent2: {train.objective: {name: sdsd}}}",
+                     "--set", "reproduce.methods=[sdsd_ent2]", "--out", str(val2)]) == 0
+    table = tmp_path / "table"
+    assert cli.main(["table", str(val), str(val2), "--out", str(table)]) == 0
+    merged = json.loads((table / "summary.json").read_text())
+    assert list(merged["methods"]) == ["sdsd_ent", "sdsd_ent2"]  # base not listed: not evaluated
+    assert set(merged["ranking"]) == set(merged["methods"])
+    assert (table / "pareto.png").is_file() and "id_val" in (table / "summary.md").read_text()
+    assert cli.main(["table", str(val), str(val), "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+    assert cli.main(["table", str(val), str(out), "--out", str(tmp_path / "bad")]) == 2  # id_val vs id_test
+
+
 # ----------------------------------------------------------------------------- slow: default preset
 
 @pytest.mark.slow
