@@ -97,12 +97,27 @@ def sample(model, contexts: list[list[int]], max_new_tokens: int, temperature: f
 
 
 def _sample_batch(model, contexts, max_new_tokens, temperature, generator, device):
-    ids, mask = left_pad(contexts, device)
+    # Callers repeat each context (GRPO groups, n samples per prompt): the context minus its last
+    # token runs through the transformer body once per distinct context and every row sharing it
+    # gets a copy of that KV cache; the last context token then runs for all rows like a decode
+    # step. The prefill work shrinks by the repeat factor and each forward of `model` still
+    # covers every row (one call per sampled token, as forward hooks expect).
+    first: dict[tuple, int] = {}
+    rows = torch.tensor([first.setdefault(tuple(c), len(first)) for c in contexts], device=device)
+    u_ids, u_mask = left_pad(list(first), device)
+    ids, mask = u_ids[rows], u_mask[rows]
     n = ids.shape[0]
     pos = positions(mask)
     cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    if len(first) < n and ids.shape[1] > 1:
+        model.transformer(input_ids=u_ids[:, :-1], attention_mask=u_mask[:, :-1],
+                          position_ids=positions(u_mask)[:, :-1], past_key_values=cache, use_cache=True)
+        cache.batch_select_indices(rows)
+        out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
+                    past_key_values=cache, use_cache=True)
+    else:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].float()
     next_pos = pos[:, -1:] + 1
     generated = torch.full((n, max_new_tokens), PAD, dtype=torch.long, device=device)
@@ -110,10 +125,11 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
     ent_sum = torch.zeros(n, device=device)
     n_tok = torch.zeros(n, device=device)
     for t in range(max_new_tokens):
-        logp = torch.log_softmax(logits / temperature, -1)
-        ent_sum += torch.where(done, 0.0, -(logp.exp() * logp).sum(-1))
+        logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, -1)
+        probs = logp.exp()
+        ent_sum += torch.where(done, 0.0, -(probs * logp).sum(-1))
         n_tok += (~done).float()
-        nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         nxt = torch.where(done, PAD, nxt)
         generated[:, t] = nxt
         done |= nxt == EOS
@@ -121,7 +137,7 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
             break
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], 1)
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     return generated.cpu(), (ent_sum / n_tok.clamp(min=1)).cpu()
