@@ -26,6 +26,7 @@ def build_model(model_cfg, vocab_size: int, n_positions: int = 32) -> GPT2LMHead
         n_layer=model_cfg.n_layer, n_head=model_cfg.n_head,
         resid_pdrop=model_cfg.dropout, embd_pdrop=model_cfg.dropout, attn_pdrop=model_cfg.dropout,
         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+        activation_function="gelu_pytorch_tanh",  # the fused kernel of GPT-2's tanh GELU: ~20% faster on CPU
     )
     return GPT2LMHeadModel(config)
 
