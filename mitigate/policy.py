@@ -98,28 +98,19 @@ def sample(model, contexts: list[list[int]], max_new_tokens: int, temperature: f
 
 
 def _sample_batch(model, contexts, max_new_tokens, temperature, generator, device):
-    # Callers repeat each context (GRPO groups, n samples per prompt): the context minus its last
-    # token runs through the transformer body once per distinct context and every row sharing it
-    # gets a copy of that KV cache; the last context token then runs for all rows like a decode
-    # step. The prefill work shrinks by the repeat factor and each forward of `model` still
-    # covers every row (one call per sampled token, as forward hooks expect).
+    # Callers repeat each context (GRPO groups, n samples per prompt), so the prompt runs through
+    # the model once per distinct context; rows sharing it get a copy of its KV cache and logits.
     first: dict[tuple, int] = {}
     rows = torch.tensor([first.setdefault(tuple(c), len(first)) for c in contexts], device=device)
     u_ids, u_mask = left_pad(list(first), device)
-    ids, mask = u_ids[rows], u_mask[rows]
-    n = ids.shape[0]
-    pos = positions(mask)
     cache = DynamicCache()
-    if len(first) < n and ids.shape[1] > 1:
-        model.transformer(input_ids=u_ids[:, :-1], attention_mask=u_mask[:, :-1],
-                          position_ids=positions(u_mask)[:, :-1], past_key_values=cache, use_cache=True)
+    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions(u_mask), past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    if len(first) < len(rows):
         cache.batch_select_indices(rows)
-        out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
-                    past_key_values=cache, use_cache=True)
-    else:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1].float()
+    mask, pos = u_mask[rows], positions(u_mask)[rows]
+    n = len(rows)
+    logits = out.logits[rows, -1].float()
     next_pos = pos[:, -1:] + 1
     generated = torch.full((n, max_new_tokens), PAD, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)

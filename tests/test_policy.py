@@ -58,6 +58,10 @@ def test_sample_logprobs_match_full_forward(smoke_model, contexts):
         rec.close()
     steps = len(rec.logits)
     assert 1 <= steps <= 7
+    # the prompt runs once per distinct context (shared prefill); decode steps cover every row
+    distinct = list(dict.fromkeys(map(tuple, ctx)))
+    assert rec.logits[0].shape[0] == len(distinct) and all(x.shape[0] == len(ctx) for x in rec.logits[1:])
+    rec.logits[0] = rec.logits[0][[distinct.index(tuple(c)) for c in ctx]]
     cached = torch.log_softmax(torch.stack(rec.logits, 1), -1)  # [B, steps, V]: what the sampler drew from
     with torch.no_grad():
         full = continuation_logprobs(smoke_model, ctx, s.tokens, s.mask)
