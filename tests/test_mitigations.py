@@ -182,17 +182,22 @@ def test_entropy_bonus_is_minus_mean_entropy_and_its_step_raises_entropy():
     assert (ent2 * mask).sum() > (ent * mask).sum()
 
 
-def test_ot_potentials_penalise_the_over_covered_concept():
+def test_ot_penalty_pushes_out_of_the_over_covered_concept():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
-    group = torch.stack([a] * 7 + [b]).double()[None] / 2**0.5
     reference = torch.stack([a] * 8 + [b] * 8).double()[None] / 2**0.5
-    f = sinkhorn_potentials(group, torch.full((1, 8), 1 / 8).double(), reference,
-                            torch.full((1, 16), 1 / 16).double(), reg=0.05)[0]
-    assert f[0] > f[7]
-    assert (f[0] - f[7]) <= 1.0 + 1e-6  # a dual potential difference is bounded by the cost between them
-    same = sinkhorn_potentials(reference[:, ::2], torch.full((1, 8), 1 / 8).double(), reference,
-                               torch.full((1, 16), 1 / 16).double(), reg=0.05)[0]
-    assert same.max() - same.min() < 1e-3  # matching the reference: no push
+    uniform8, uniform16 = torch.full((1, 8), 1 / 8).double(), torch.full((1, 16), 1 / 16).double()
+
+    def penalty(group):
+        f_roll, f_ref = sinkhorn_potentials(torch.stack(group).double()[None] / 2**0.5, uniform8, reference,
+                                            uniform16, reg=0.05)
+        return (f_roll - f_ref.mean(1, keepdim=True))[0]
+
+    mixed = penalty([a] * 7 + [b])
+    assert mixed[0] > 0 > mixed[7]  # the over-covered concept is penalised, the rare one rewarded
+    assert mixed[0] - mixed[7] <= 1.0 + 1e-6  # a potential difference is bounded by the cost between them
+    collapsed = penalty([a] * 8)
+    assert (collapsed > 0.1).all()  # a collapsed group is still pushed (a group-mean baseline would be 0)
+    assert penalty([a] * 4 + [b] * 4).abs().max() < 1e-3  # matching the reference: no push
 
 
 def test_rollout_features_separate_concepts_and_routes():

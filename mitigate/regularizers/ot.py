@@ -6,12 +6,16 @@ features phi(y) from the task (graph: concept one-hot and visited-node counts) a
 C_ij = ||phi(y_i) - phi(r_j)||^2, entropic OT (POT, log-domain Sinkhorn, torch backend) gives dual
 potentials f_i = d OT_eps(mu, nu) / d mu_i: the marginal cost of the mass at rollout i. Rollouts in
 regions where the group has more mass than the base (a concept SDSD over-samples) get high f_i.
-They act as a per-rollout penalty in a score-function term, centred over the group's correct set:
+They act as a per-rollout penalty in a score-function term, against the potential's mean over the
+reference set (f extended to any point by its soft c-transform):
 
-    R = agg_t  1[y_i correct] (f_i - mean_C f) log pi(y_{i,t} | x, y_{i,<t})
+    R = agg_t  1[y_i correct] (f(y_i) - mean_j f(r_j)) log pi(y_{i,t} | x, y_{i,<t})
 
-so coef * R lowers the probability of over-covered correct rollouts and raises that of
-under-covered ones. Minimising OT_eps(mu_pi, nu) over pi is the target: the correct part of the
+so coef * R lowers the probability of correct rollouts in over-covered regions and raises that of
+under-covered ones. The reference baseline matters: centring within the group would cancel the
+push exactly when the group has collapsed onto one region, the case the term is for.
+
+Minimising OT_eps(mu_pi, nu) over pi is the target: the correct part of the
 policy matches the base model's correct distribution, i.e. base ratios among correct outputs
 (the RL fixed point). Potentials rather than a differentiable OT loss, because rollouts are
 discrete samples: the gradient must flow through log pi, as in the policy gradient.
@@ -58,11 +62,20 @@ def _reference_features(batch: Batch, cfg: OTConfig) -> list[np.ndarray]:
 
 
 def sinkhorn_potentials(rollout_feats: torch.Tensor, rollout_mass: torch.Tensor, ref_feats: torch.Tensor,
-                        ref_mass: torch.Tensor, reg: float) -> torch.Tensor:
-    """Batched entropic OT between [P, G, d] rollouts and [P, R, d] references -> f [P, G]."""
+                        ref_mass: torch.Tensor, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched entropic OT between [P, G, d] rollouts and [P, R, d] references.
+
+    Returns the rollout-side dual potential at the rollouts [P, G] and at the reference points
+    [P, R], both as the soft c-transform of the reference-side potential g:
+    f(x) = -eps log sum_j exp((g_j - C(x, r_j)) / eps)  (POT returns g / eps = log v)."""
     cost = torch.cdist(rollout_feats, ref_feats) ** 2
     res = pot.solve_batch(cost, reg=reg, a=rollout_mass, b=ref_mass, method="log_sinkhorn", grad="detach")
-    return reg * res.potentials[0]  # POT returns the log-domain scalings log u; f = eps log u
+    log_v = res.potentials[1][:, None, :]  # [P, 1, R]
+
+    def c_transform(c):
+        return -reg * torch.logsumexp(log_v - c / reg, -1)
+
+    return c_transform(cost), c_transform(torch.cdist(ref_feats, ref_feats) ** 2)
 
 
 @register_regularizer("ot", OTConfig)
@@ -79,16 +92,17 @@ def ot_penalty(batch: Batch, cfg: OTConfig) -> tuple[torch.Tensor, dict]:
         for p, r in enumerate(refs):
             ref_f[p, :len(r)], ref_m[p, :len(r)] = r, 1.0
         roll_m = np.where(correct, 1.0, _TINY)
-        # a group needs two correct rollouts to have a direction to push, and a reference to compare
-        valid = (correct.sum(1) >= 2) & np.array([len(r) > 0 for r in refs])
+        valid = correct.any(1) & np.array([len(r) > 0 for r in refs])  # something to compare
         roll_m, ref_m = roll_m / roll_m.sum(1, keepdims=True), ref_m / ref_m.sum(1, keepdims=True)
         t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
-        f = sinkhorn_potentials(t(feats.reshape(P, G, -1)), t(roll_m), t(ref_f), t(ref_m), cfg.reg)
+        f_roll, f_ref = sinkhorn_potentials(t(feats.reshape(P, G, -1)), t(roll_m), t(ref_f), t(ref_m), cfg.reg)
+        # baseline: the potential averaged over the reference set, so a group that sits entirely
+        # in an over-covered region is still pushed out of it (a group mean would cancel that)
+        baseline = (f_ref * t(ref_m > _TINY)).sum(1, keepdim=True) / t(ref_m > _TINY).sum(1, keepdim=True)
         use = torch.as_tensor(correct & valid[:, None])
-        mean = (f * use).sum(1, keepdim=True) / use.sum(1, keepdim=True).clamp(min=1)
-        centred = torch.where(use, f - mean, torch.zeros_like(f))
-        spread = float(centred.pow(2).sum().div(use.sum().clamp(min=1)).sqrt())
-        batch.cache["ot"] = (centred.reshape(-1).float().to(batch.tokens.device), float(valid.mean()), spread)
+        penalty = torch.where(use, f_roll - baseline, torch.zeros_like(f_roll))
+        spread = float(penalty[use].abs().mean()) if use.any() else 0.0
+        batch.cache["ot"] = (penalty.reshape(-1).float().to(batch.tokens.device), float(valid.mean()), spread)
     penalty, valid_share, spread = batch.cache["ot"]
     per_token = penalty[:, None] * batch.token_logprobs()
-    return aggregate(per_token, batch.mask, "token_mean"), {"groups_used": valid_share, "potential_std": spread}
+    return aggregate(per_token, batch.mask, "token_mean"), {"groups_used": valid_share, "penalty_abs": spread}
