@@ -16,6 +16,10 @@ averaged over m) keeps its credit assignment within a rollout:
 With coef = 1 the tilt's gradient E[grad log pi(y) pcmi(y)] is cancelled up to estimation noise, so
 the fixed point is p0(y) exp(E pcmi - pcmi_hat) / Z: ratio-preserving among correct outputs as M
 grows (mitigate.theory.cmi_reweighted_optimum). Incorrect rollouts keep SDSD's full signal.
+coef > 1 reverses the estimated tilt (fixed point p0 exp((1 - coef) pcmi) / Z, favouring outputs
+that demonstrations make *less* likely); on the graph task coef 2-3 is what restores the base's
+concept diversity, because finite-step on-policy training concentrates every method a little
+(baselines/README.md).
 """
 
 from __future__ import annotations

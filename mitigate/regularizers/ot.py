@@ -19,6 +19,10 @@ Minimising OT_eps(mu_pi, nu) over pi is the target: the correct part of the
 policy matches the base model's correct distribution, i.e. base ratios among correct outputs
 (the RL fixed point). Potentials rather than a differentiable OT loss, because rollouts are
 discrete samples: the gradient must flow through log pi, as in the policy gradient.
+
+Measured limitation (baselines/README.md): a score-function penalty only redistributes among the
+rollouts that were sampled, so once a group has collapsed, the mass it removes from the
+over-covered concept goes mostly to invalid paths, not to concepts the policy no longer samples.
 """
 
 from __future__ import annotations
