@@ -26,6 +26,7 @@ class Batch:
     ref_fn: Callable[[], torch.Tensor]  # -> [B, T, V] frozen base model, no grad (cached)
     generator: torch.Generator  # for demonstration draws; seeded by the loop
     ref_sample_fn: Callable[[list, int], tuple] | None = None  # (prompts, n) -> base-model samples
+    score_fn: Callable | None = None  # (contexts, tokens, mask) -> student log-probs [N, T, V], with grad
     cache: dict = field(default_factory=dict)  # per step: memoise across inner epochs
     state: dict = field(default_factory=dict)  # per run: persists across steps (e.g. reference sets)
 
@@ -42,6 +43,12 @@ class Batch:
 
     def ref_logprobs(self) -> torch.Tensor:
         return self.ref_fn()
+
+    def student_logprobs(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Student log-probs [N, T, V], with grad, of other continuations (e.g. off-policy paths)."""
+        if self.score_fn is None:
+            raise RuntimeError("this batch was built without a student scorer")
+        return self.score_fn(contexts, tokens, mask)
 
     def ref_samples(self, prompts: list, n: int) -> tuple:
         """n samples per prompt from the frozen base model: (tokens [P*n, T] numpy, correct [P*n],

@@ -112,6 +112,10 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
     ref_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 700 + rank)
     run_state: dict = {}
 
+    def score_fn(contexts, tokens, mask):  # the student on other continuations, with grad
+        dev = accelerator.device
+        return continuation_logprobs(model, contexts, tokens.to(dev), mask.float().to(dev))
+
     def ref_sample_fn(prompts, n):
         out = sample_prompts(base, task, prompts, n, tc.temperature, ref_gen, cfg.eval.batch_size, quiet=True)
         return out[0], out[1], out[2]
@@ -155,6 +159,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                               old_token_logprobs=old,
                               teacher_fn=lambda c, t=tokens, m=mask: teacher.logprobs(c, t, m),
                               ref_fn=ref_fn, generator=demo_gen, ref_sample_fn=ref_sample_fn,
+                              score_fn=score_fn,
                               cache=batch_cache, state=run_state)
                 loss, scalars = objective.fn(batch, tc.objective)
                 if tc.kl_coef > 0:  # the shared KL anchor (k3 on sampled tokens)

@@ -65,6 +65,7 @@ def test_toy_regularizer_registered_from_test_file_trains_two_steps(base, tmp_pa
 @pytest.mark.parametrize("objective,regs", [
     ("sdsd_marginal", []), ("sdsd_cmi", []),
     ("sdsd", [{"name": "entropy", "coef": 0.01, "base_kl": 0.1}]), ("sdsd", [{"name": "ot", "coef": 0.5}]),
+    ("sdsd", [{"name": "ot", "coef": 0.5, "replay": 1.0}]),
 ])
 def test_builtin_mitigations_train_and_log(base, tmp_path, objective, regs):
     reg = "[" + ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in r.items()) + "}" for r in regs) + "]"
@@ -75,6 +76,8 @@ def test_builtin_mitigations_train_and_log(base, tmp_path, objective, regs):
     assert np.isfinite(last["loss"])
     for r in regs:
         assert f"{r['name']}/loss" in last
+        if r.get("replay"):
+            assert last["ot/replay_paths"] > 0  # reference paths were scored by the student
 
 
 # --------------------------------------------------------------------------- config errors

@@ -49,10 +49,14 @@ class OTConfig:
     reg: float = opt(0.05, "entropic regularisation epsilon of Sinkhorn (cost units)", min=1e-4)
     concept_weight: float = opt(0.5, "share of the cost from the concept one-hot (rest: visited nodes)",
                                 min=0.0, max=1.0)
+    replay: float = opt(0.0, "weight of the same penalty on reference paths (off-policy: reaches unsampled "
+                             "concepts)", min=0.0)
+    replay_paths: int = opt(8, "reference paths per prompt scored for replay", min=1)
 
 
-def _reference_features(batch: Batch, cfg: OTConfig) -> list[np.ndarray]:
-    """Features of correct base-model samples per prompt, drawn the first time a prompt is seen."""
+def _reference_features(batch: Batch, cfg: OTConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(features, tokens) of correct base-model samples per prompt, drawn the first time a prompt
+    is seen."""
     store = batch.state.setdefault("ot_reference", {})
     missing = [q for q in batch.prompts if q not in store]
     if missing:
@@ -61,7 +65,7 @@ def _reference_features(batch: Batch, cfg: OTConfig) -> list[np.ndarray]:
         feats = batch.task.rollout_features(tokens, concepts, cfg.concept_weight)
         for k, q in enumerate(missing):
             rows = slice(k * n, (k + 1) * n)
-            store[q] = feats[rows][correct[rows]]
+            store[q] = (feats[rows][correct[rows]], tokens[rows][correct[rows]])
     return [store[q] for q in batch.prompts]
 
 
@@ -86,7 +90,8 @@ def sinkhorn_potentials(rollout_feats: torch.Tensor, rollout_mass: torch.Tensor,
 def ot_penalty(batch: Batch, cfg: OTConfig) -> tuple[torch.Tensor, dict]:
     if "ot" not in batch.cache:
         P, G = len(batch.prompts), batch.group_size
-        refs = _reference_features(batch, cfg)
+        refs_and_tokens = _reference_features(batch, cfg)
+        refs = [r for r, _ in refs_and_tokens]
         feats = batch.task.rollout_features(batch.tokens.cpu().numpy(), batch.concepts.cpu().numpy(),
                                             cfg.concept_weight)
         correct = batch.correct.cpu().numpy().reshape(P, G)
@@ -107,6 +112,39 @@ def ot_penalty(batch: Batch, cfg: OTConfig) -> tuple[torch.Tensor, dict]:
         penalty = torch.where(use, f_roll - baseline, torch.zeros_like(f_roll))
         spread = float(penalty[use].abs().mean()) if use.any() else 0.0
         batch.cache["ot"] = (penalty.reshape(-1).float().to(batch.tokens.device), float(valid.mean()), spread)
+        if cfg.replay > 0:
+            batch.cache["ot_replay"] = _replay_set(batch, cfg, refs_and_tokens, f_ref - baseline, valid)
     penalty, valid_share, spread = batch.cache["ot"]
     per_token = penalty[:, None] * batch.token_logprobs()
-    return aggregate(per_token, batch.mask, "token_mean"), {"groups_used": valid_share, "penalty_abs": spread}
+    loss = aggregate(per_token, batch.mask, "token_mean")
+    scalars = {"groups_used": valid_share, "penalty_abs": spread}
+    if cfg.replay > 0 and batch.cache["ot_replay"] is not None:
+        contexts, tokens, mask, ref_penalty = batch.cache["ot_replay"]
+        lp = batch.student_logprobs(contexts, tokens, mask).gather(-1, tokens[..., None])[..., 0]
+        loss = loss + cfg.replay * aggregate(ref_penalty[:, None] * lp, mask, "token_mean")
+        scalars["replay_paths"] = float(len(tokens))
+    return loss, scalars
+
+
+def _replay_set(batch, cfg, refs_and_tokens, ref_penalty, valid):
+    """Up to `replay_paths` reference paths per valid prompt with their penalties: negative on
+    under-covered paths, so the score-function term raises them even when no rollout reached them."""
+    from mitigate.tasks.graph import EOS, PAD
+
+    contexts, rows, pens = [], [], []
+    for p, (q, (_, toks)) in enumerate(zip(batch.prompts, refs_and_tokens)):
+        if not valid[p] or len(toks) == 0:
+            continue
+        pick = torch.randperm(len(toks), generator=batch.generator)[:cfg.replay_paths]
+        for j in pick.tolist():
+            contexts.append(q.tokens)
+            rows.append(torch.as_tensor(toks[j]))
+            pens.append(float(ref_penalty[p, j]))
+    if not rows:
+        return None
+    tokens = torch.stack(rows).to(batch.tokens.device)
+    is_eos = tokens == EOS
+    length = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.tensor(tokens.shape[1]))
+    mask = (torch.arange(tokens.shape[1])[None, :] < length[:, None]).float()
+    tokens = tokens.masked_fill(mask == 0, PAD)
+    return contexts, tokens, mask, torch.tensor(pens, device=tokens.device)
