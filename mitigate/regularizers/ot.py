@@ -23,6 +23,10 @@ discrete samples: the gradient must flow through log pi, as in the policy gradie
 Measured limitation (baselines/README.md): a score-function penalty only redistributes among the
 rollouts that were sampled, so once a group has collapsed, the mass it removes from the
 over-covered concept goes mostly to invalid paths, not to concepts the policy no longer samples.
+`replay` > 0 fixes that: the same penalty, applied to some of the reference paths themselves and
+scored by the student (off-policy), raises under-covered correct paths that no rollout reached:
+
+    R_replay = agg_t (f(r_j) - mean_j' f(r_j')) log pi(r_{j,t} | x, r_{j,<t})
 """
 
 from __future__ import annotations
