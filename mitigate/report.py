@@ -126,10 +126,10 @@ def combine_summaries(paths: list[str | Path]) -> dict:
                     continue
                 raise ConfigError(f"method '{name}' appears in more than one summary; rename it in one config")
             merged["methods"][name] = m
+        budget = s.get("budget", {})
+        merged.setdefault("budget", {**budget, "objectives": {}, "regularizers": {}})
         for key in ("objectives", "regularizers"):
-            merged.setdefault("budget", {k: v for k, v in s.get("budget", {}).items()
-                                         if k not in ("objectives", "regularizers")})
-            merged["budget"].setdefault(key, {}).update(s.get("budget", {}).get(key, {}))
+            merged["budget"][key].update(budget.get(key, {}))
     return merged
 
 

@@ -40,6 +40,7 @@ import torch
 from mitigate.batch import Batch
 from mitigate.config import opt
 from mitigate.objectives.functional import aggregate
+from mitigate.policy import completion_mask
 from mitigate.registry import register_regularizer
 
 _TINY = 1e-9  # mass on excluded (incorrect) points so the log-domain solver stays finite
@@ -133,8 +134,6 @@ def ot_penalty(batch: Batch, cfg: OTConfig) -> tuple[torch.Tensor, dict]:
 def _replay_set(batch, cfg, refs_and_tokens, ref_penalty, valid):
     """Up to `replay_paths` reference paths per valid prompt with their penalties: negative on
     under-covered paths, so the score-function term raises them even when no rollout reached them."""
-    from mitigate.tasks.graph import EOS, PAD
-
     contexts, rows, pens = [], [], []
     for p, (q, (_, toks)) in enumerate(zip(batch.prompts, refs_and_tokens)):
         if not valid[p] or len(toks) == 0:
@@ -146,9 +145,6 @@ def _replay_set(batch, cfg, refs_and_tokens, ref_penalty, valid):
             pens.append(float(ref_penalty[p, j]))
     if not rows:
         return None
-    tokens = torch.stack(rows).to(batch.tokens.device)
-    is_eos = tokens == EOS
-    length = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.tensor(tokens.shape[1]))
-    mask = (torch.arange(tokens.shape[1])[None, :] < length[:, None]).float()
-    tokens = tokens.masked_fill(mask == 0, PAD)
+    tokens = torch.stack(rows).to(batch.tokens.device)  # sampled paths: already PAD after EOS
+    mask = completion_mask(tokens).float()
     return contexts, tokens, mask, torch.tensor(pens, device=tokens.device)
