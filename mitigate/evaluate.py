@@ -70,7 +70,9 @@ def demonstration_bias(model, task, prompts, n_demos: int = 4, n: int = 64, temp
 
     For each prompt, draw up to n_demos of the model's own correct samples as demonstrations y*;
     sample n continuations with and without `DEMO y* SEP x SEP` in front; report the probability
-    that a sample is correct and shares y*'s concept in both cases, averaged over demos and prompts.
+    that a sample is correct and shares y*'s concept in both cases, averaged over demos and prompts,
+    and the teacher's accuracy P(correct | x, y*) next to the plain model's P(correct | x): the
+    headroom a self-distillation teacher can give its student.
     """
     gen = torch.Generator().manual_seed(seed)
     tokens, correct, concepts, _ = sample_prompts(model, task, prompts, n, temperature, gen, batch_size,
@@ -85,10 +87,11 @@ def demonstration_bias(model, task, prompts, n_demos: int = 4, n: int = 64, temp
             demo_concepts.append(concepts[j])
     if not contexts:  # no correct sample anywhere: nothing to demonstrate
         return {"share_with_demo": float("nan"), "share_without_demo": float("nan"), "lift": float("nan"),
+                "pass_at_1_with_demo": float("nan"), "pass_at_1_without_demo": float("nan"),
                 "n_prompts": 0, "n_demos": n_demos, "samples": n}
     s = sample(model, contexts, task.max_new_tokens, temperature, gen, batch_size)
     reps = [prompts[o] for o in owners for _ in range(n)]
-    _, t_conc = task.verify(reps, s.tokens.numpy())
+    t_correct, t_conc = task.verify(reps, s.tokens.numpy())
     with_demo, without = [], []
     for k, (o, c) in enumerate(zip(owners, demo_concepts)):
         with_demo.append(np.mean(t_conc[k * n:(k + 1) * n] == c))
@@ -98,7 +101,10 @@ def demonstration_bias(model, task, prompts, n_demos: int = 4, n: int = 64, temp
         per_prompt.setdefault(o, []).append(w - wo)
     lift = [np.mean(v) for v in per_prompt.values()]
     return {"share_with_demo": float(np.mean(with_demo)), "share_without_demo": float(np.mean(without)),
-            "lift": float(np.mean(lift)), "n_prompts": len(per_prompt), "n_demos": n_demos, "samples": n}
+            "lift": float(np.mean(lift)),
+            "pass_at_1_with_demo": float(np.mean(t_correct)),
+            "pass_at_1_without_demo": float(np.mean([correct[o * n:(o + 1) * n].mean() for o in owners])),
+            "n_prompts": len(per_prompt), "n_demos": n_demos, "samples": n}
 
 
 def evaluate_checkpoint(ckpt, out, overrides=(), seed: int = 0, demo_bias: bool = False,

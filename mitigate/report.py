@@ -89,7 +89,11 @@ def write_report(summary: dict, out: Path) -> None:
         parts += ["## Demonstration bias of the base model", "",
                   f"P(sample correct and in the demonstration's concept): with demonstration "
                   f"{d['share_with_demo']:.3f}, without {d['share_without_demo']:.3f}, lift {d['lift']:.3f} "
-                  f"({d['n_prompts']} ID prompts, {d['n_demos']} demos x {d['samples']} samples).", ""]
+                  f"({d['n_prompts']} ID prompts, {d['n_demos']} demos x {d['samples']} samples)."]
+        if "pass_at_1_with_demo" in d:  # summaries written before this field existed lack it
+            parts += ["", f"Teacher headroom: pass@1 with a correct demonstration in context "
+                          f"{d['pass_at_1_with_demo']:.3f}, without {d['pass_at_1_without_demo']:.3f}."]
+        parts += [""]
     if "ranking" in summary:
         from mitigate.ranking import ranking_table
 

@@ -56,6 +56,10 @@ def test_files(reproduced):
     header = next(line for line in md.splitlines() if line.startswith("| method | seeds"))
     assert "blocked pass@8" in header and "rare pass@8" in header  # the largest k evaluated (n = 8)
     assert "pass@64" not in header
+    # the ranking names the k it ranked on, not the k a default run would use
+    rank_header = next(line for line in md.splitlines() if line.startswith("| rank | method"))
+    assert "ID pass@8" in rank_header and "blocked pass@8" in rank_header
+    assert "pass@64" not in rank_header
 
 
 def test_summary_schema(reproduced, smoke_cfg):
