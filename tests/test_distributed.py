@@ -16,7 +16,7 @@ def _state(model) -> dict:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def _worker(init: str, out: str, objective: str, record: str) -> None:
+def _worker(init: str, out: str, overrides: list, record: str) -> None:
     """Runs in each forked process: train two steps, then save this process's final weights."""
     from accelerate.state import AcceleratorState, PartialState
 
@@ -40,8 +40,8 @@ def _worker(init: str, out: str, objective: str, record: str) -> None:
         return sample(model, contexts, *a, **k)
 
     T.sample = recording_sample
-    cfg = C.load(preset="smoke", overrides=[f"train.objective.name={objective}", "train.lr=3e-3",
-                                            "train.prompts_per_step=4", "train.steps=2"])
+    cfg = C.load(preset="smoke", overrides=[*overrides, "train.lr=3e-3", "train.prompts_per_step=4",
+                                            "train.steps=2"])
     T.train(cfg, init, out, quiet=True)
     state = PartialState()
     save_file(final["weights"], f"{record}/rank{state.process_index}.safetensors")
@@ -50,14 +50,23 @@ def _worker(init: str, out: str, objective: str, record: str) -> None:
                    "distributed": str(state.distributed_type)}, f)
 
 
-@pytest.mark.parametrize("objective", ["grpo", "sdsd"])
-def test_two_process_training_stays_in_sync(smoke_base, tmp_path, objective):
+# ot with replay runs a second student forward (the reference paths) before the one backward:
+# the case where DDP's gradient hooks could see a parameter twice or miss a reduction.
+SETUPS = {
+    "grpo": ["train.objective.name=grpo"],
+    "sdsd": ["train.objective.name=sdsd"],
+    "sdsd_ot_replay": ["train.objective.name=sdsd", "train.regularizers=[{name: ot, coef: 1.0, replay: 1.0}]"],
+}
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_two_process_training_stays_in_sync(smoke_base, tmp_path, setup):
     from accelerate import debug_launcher
 
     record = tmp_path / "record"
     record.mkdir()
     out = tmp_path / "run"
-    debug_launcher(_worker, args=(str(smoke_base / "checkpoint"), str(out), objective, str(record)),
+    debug_launcher(_worker, args=(str(smoke_base / "checkpoint"), str(out), SETUPS[setup], str(record)),
                    num_processes=2)
     infos = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
     for info in infos:

@@ -3,6 +3,8 @@ values in tests/test_functional.py. Shapes: B rollouts, T positions, V vocabular
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
@@ -62,7 +64,7 @@ def token_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str) ->
     if kind == "forward_kl":
         return (teacher.exp() * (teacher - student)).sum(-1)
     if kind == "jsd":
-        m = torch.logsumexp(torch.stack([student, teacher]), 0) - torch.log(torch.tensor(2.0))
+        m = torch.logsumexp(torch.stack([student, teacher]), 0) - math.log(2.0)
         return 0.5 * ((student.exp() * (student - m)).sum(-1) + (teacher.exp() * (teacher - m)).sum(-1))
     raise ValueError(f"unknown divergence '{kind}'; allowed: {', '.join(DIVERGENCES)}")
 
