@@ -64,6 +64,9 @@ def test_files(reproduced):
 
 def test_summary_schema(reproduced, smoke_cfg):
     _, s = reproduced
+    bias = s["base_demo_bias"]
+    for key in ("share_with_demo", "share_without_demo", "pass_at_1_with_demo", "pass_at_1_without_demo"):
+        assert 0.0 <= bias[key] <= 1.0, (key, bias)
     assert s["preset"] == "smoke"
     assert isinstance(s["wall_seconds"], float) and s["wall_seconds"] > 0
     assert list(s["methods"]) == METHODS
@@ -170,6 +173,8 @@ def test_default_base_meets_acceptance(tmp_path):
     assert idm["top_concept_share"] >= 0.45, report
     assert idm["concepts"] >= 2.5, report
     assert bias["lift"] >= 0.15, report
+    # the self-teacher knows more than its student: the headroom SDSD distils from (0.81 vs 0.64)
+    assert bias["pass_at_1_with_demo"] >= bias["pass_at_1_without_demo"] + 0.1, report
     for split in ("blocked", "rare"):
         pk = res["ood"][split]["pass_at_k"]
         assert pk["64"] >= 0.5, (split, report)
