@@ -1,8 +1,10 @@
-"""`mitigate` command line: pretrain, train, eval, reproduce, table, theory.
+"""`mitigate` command line: pretrain, train, eval, reproduce, table, theory. Parsing only: each
+command calls one function of the Python API.
 
-Every command takes `--config FILE`, `--preset NAME` and repeatable `--set key.sub=value`.
-Bad input (unknown key, value, preset, method, missing checkpoint) exits with status 2 and a
-message naming the problem and the allowed choices; nothing is left half-written.
+Every command takes `--set key.sub=value` and `--import MODULE_OR_FILE` (a user's registrations);
+the run commands also take `--config FILE` and `--preset NAME`. Bad input (unknown key, value,
+preset, method, missing checkpoint, an output folder that exists or overlaps an input) exits with
+status 2 and a message naming the problem and the allowed choices; nothing is left half-written.
 """
 
 from __future__ import annotations
@@ -15,58 +17,63 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-USAGE_ERRORS: tuple = ()
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mitigate")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
-def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, config: bool = True, out_help: str = "run folder to create") -> None:
     if config:
         p.add_argument("--config", help="YAML config (partial; merged over the preset)")
         p.add_argument("--preset", help="starting preset (default: the config's own, else 'default')")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module or .py file that registers objectives, regularizers, tasks or "
+                        "policies (repeatable)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output this command created")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mitigate", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"mitigate {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="train the base model on the task's pretraining split")
     _common(p)
-    p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--seed", type=int, help="overrides `seed`")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
 
     p = sub.add_parser("train", help="on-policy post-training from a base checkpoint")
     _common(p)
     p.add_argument("--init", required=True, help="base run folder or checkpoint folder")
-    p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--seed", type=int, help="overrides `seed`")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
 
     p = sub.add_parser("eval", help="sample n per prompt on ID and OOD splits; write metrics JSON")
-    _common(p, config=False)
+    _common(p, config=False, out_help="JSON file to write")
     p.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")
-    p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--samples", type=int, help="samples per prompt (default: eval.samples = 128)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--demo-bias", action="store_true", help="also measure the demonstration bias")
 
-    p = sub.add_parser("reproduce", help="the whole comparison -> summary.json, summary.md, plots")
-    _common(p)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p = sub.add_parser("reproduce", help="the whole comparison -> summary.json, summary.md")
+    _common(p, out_help="output folder")
     p.add_argument("--base", help="reuse this pretrained base run instead of pretraining (ablation sweeps)")
 
     p = sub.add_parser("table", help="one report over several reproduce/ablation folders")
     p.add_argument("summaries", nargs="+", help="reproduce output folders or their summary.json")
-    p.add_argument("--out", required=True, help="output folder (summary.md, summary.json, plots)")
+    _common(p, config=False, out_help="output folder (summary.md, summary.json)")
 
-    p = sub.add_parser("theory", help="exact checks on enumerable spaces -> figures and a table")
-    p.add_argument("--out", required=True, help="output folder")
+    p = sub.add_parser("theory", help="exact checks on enumerable spaces -> theory.json and tables")
+    _common(p, config=False, out_help="output folder")
     p.add_argument("--ckpt", help="also probe this trained base model (run folder)")
     p.add_argument("--sdsd", nargs="*", default=[], help="SDSD run folders for the measured concept shift")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
 
@@ -75,18 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    from mitigate import config as C
-    from mitigate.policy import CheckpointError
-    from mitigate.runs import OutputExists
+    from mitigate.core.fields import ConfigError
+    from mitigate.core.io import OutputError
+    from mitigate.policies import CheckpointError
 
     try:
+        from mitigate import plugins
+
+        for spec in args.imports:
+            plugins.import_plugin(spec)
         return _dispatch(args)
-    except (C.ConfigError, CheckpointError, OutputExists) as e:
+    except (ConfigError, CheckpointError, OutputError) as e:
         print(f"mitigate {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 
-def _load(args, C):
+def _load(args):
+    from mitigate import config as C
+
     overrides = list(args.overrides)
     if getattr(args, "seed", None) is not None:
         overrides.append(f"seed={args.seed}")
@@ -94,42 +107,36 @@ def _load(args, C):
 
 
 def _dispatch(args) -> int:
-    from mitigate import config as C
+    import mitigate
 
     if args.command == "pretrain":
-        from mitigate.pretrain import pretrain
-
-        out = pretrain(_load(args, C), args.out, args.overwrite, args.quiet)
+        out = mitigate.pretrain(_load(args), args.out, args.overwrite, args.quiet)
         print(f"base model written to {out / 'checkpoint'}")
     elif args.command == "train":
-        from mitigate.policy import resolve_checkpoint
-        from mitigate.train import train
-
-        cfg = _load(args, C)
-        out = train(cfg, resolve_checkpoint(args.init), args.out, args.overwrite, args.quiet)
+        out = mitigate.train(_load(args), args.init, args.out, args.overwrite, args.quiet)
         print(f"trained model written to {out / 'checkpoint'}")
     elif args.command == "eval":
-        from mitigate.evaluate import evaluate_checkpoint
-
         overrides = list(args.overrides) + ([f"eval.samples={args.samples}"] if args.samples else [])
-        res = evaluate_checkpoint(args.ckpt, args.out, overrides, args.seed, args.demo_bias, args.quiet)
+        res = mitigate.evaluate(args.ckpt, args.out, overrides, args.seed, args.demo_bias, args.quiet,
+                                overwrite=args.overwrite)
         pk = res["id"]["pass_at_k"]
         print(f"ID pass@1 {pk['1']:.3f}  pass@{max(pk, key=int)} {pk[max(pk, key=int)]:.3f} -> {args.out}")
     elif args.command == "reproduce":
-        from mitigate.reproduce import reproduce
-
-        cfg = _load(args, C)
-        out = reproduce(cfg, Path(args.out), args.overwrite, args.quiet, base=args.base)
+        out = mitigate.reproduce(_load(args), Path(args.out), args.overwrite, args.quiet, base=args.base)
         print(f"summary written to {out / 'summary.md'}")
     elif args.command == "table":
         from mitigate.report import write_combined
 
-        out = write_combined(args.summaries, Path(args.out))
+        if args.overrides:
+            raise mitigate.ConfigError("mitigate table reads finished summaries; it takes no --set overrides")
+        out = write_combined(args.summaries, Path(args.out), overwrite=args.overwrite)
         print(f"combined table written to {out / 'summary.md'}")
     elif args.command == "theory":
-        from mitigate.theory_cli import run_theory
+        from mitigate.recipes.theory import run_theory
 
-        run_theory(Path(args.out), args.ckpt, args.sdsd, args.quiet)
+        if args.overrides:
+            raise mitigate.ConfigError("mitigate theory takes no --set overrides")
+        run_theory(Path(args.out), args.ckpt, args.sdsd, args.quiet, overwrite=args.overwrite)
         print(f"theory report written to {args.out}")
     return 0
 

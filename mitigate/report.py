@@ -1,15 +1,18 @@
-"""summary.json -> summary.md (tables) and pass@k plots (PNG)."""
+"""summary.json -> summary.md (Markdown tables), and `mitigate table` over several run folders.
+
+Text only: figures are drawn by `analysis/` from the same JSON (`python -m analysis figures DIR`).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import matplotlib
+from mitigate.core.fields import ConfigError
+from mitigate.core.io import run_folder, write_json, write_text
+from mitigate.metrics.ranking import criteria, ood_splits, rank_methods, value
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from mitigate.runs import write_text  # noqa: E402
+SCALARS = ("distinct_correct", "concepts", "concept_entropy", "top_concept_share", "token_entropy")
 
 
 def _fmt(mean, ci=None) -> str:
@@ -21,61 +24,49 @@ def _fmt(mean, ci=None) -> str:
 def main_table(summary: dict) -> str:
     first = next(iter(summary["methods"].values()))
     ks = [k for k in ("1", "8", "64") if k in first["id"]["pass_at_k"]]
-    kmax = {s: max(first["ood"][s]["pass_at_k"], key=int) for s in ("blocked", "rare")}  # < 64 if n < 64
+    splits = ood_splits(summary)
+    kmax = {s: max(first["ood"][s]["pass_at_k"], key=int) for s in splits}  # < 64 if n < 64
     head = ["method", "seeds"] + [f"ID pass@{k}" for k in ks] + [
-        "distinct correct", "concepts", "concept entropy", "top-concept share", "token entropy",
-        "blocked pass@1", f"blocked pass@{kmax['blocked']}", "rare pass@1", f"rare pass@{kmax['rare']}"]
+        "distinct correct", "concepts", "concept entropy", "top-concept share", "token entropy"]
+    for s in splits:
+        head += [f"{s} pass@1", f"{s} pass@{kmax[s]}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in summary["methods"].items():
         idm, ci = m["id"], m["ci95"]["id"]
         cells = [name, str(len(m["seeds"]))]
         cells += [_fmt(idm["pass_at_k"][k], ci["pass_at_k"][k]) for k in ks]
-        cells += [_fmt(idm[k], ci[k]) for k in ("distinct_correct", "concepts", "concept_entropy",
-                                                  "top_concept_share", "token_entropy")]
-        for split in ("blocked", "rare"):
+        cells += [_fmt(idm[k], ci[k]) for k in SCALARS]
+        for split in splits:
             pk, pci = m["ood"][split]["pass_at_k"], m["ci95"]["ood"][split]["pass_at_k"]
-            kmax = max(pk, key=int)
-            cells += [_fmt(pk["1"], pci["1"]), _fmt(pk[kmax], pci[kmax])]
+            top = max(pk, key=int)
+            cells += [_fmt(pk["1"], pci["1"]), _fmt(pk[top], pci[top])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_pass_at_k(summary: dict, path: Path) -> None:
-    panels = [("ID", lambda m: (m["id"]["pass_at_k"], m["ci95"]["id"]["pass_at_k"]))]
-    for split in ("blocked", "rare"):
-        panels.append((f"OOD {split}", lambda m, s=split: (m["ood"][s]["pass_at_k"],
-                                                           m["ci95"]["ood"][s]["pass_at_k"])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True)
-    for ax, (title, get) in zip(axes, panels):
-        for name, m in summary["methods"].items():
-            pk, ci = get(m)
-            ks = sorted(pk, key=int)
-            x = [int(k) for k in ks]
-            line = ax.plot(x, [pk[k] for k in ks], marker="o", ms=3, label=name)[0]
-            ax.fill_between(x, [ci[k][0] for k in ks], [ci[k][1] for k in ks], color=line.get_color(), alpha=0.2)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("k")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("pass@k")
-    axes[-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
+def ranking_table(summary: dict) -> str:
+    ranking = summary["ranking"]
+    cols = criteria(summary)
+    head = ["rank", "method", "mean rank"] + [c for c, _, _ in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, (name, r) in enumerate(ranking.items(), 1):
+        cells = [str(i), name, f"{r['mean rank']:.2f}"]
+        for label, split, k in cols:
+            mean, ci = value(summary["methods"][name], split, k)
+            cells.append(f"{mean:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] ({r[label]:g})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def write_report(summary: dict, out: Path) -> None:
-    out = Path(out)
+def report_markdown(summary: dict) -> str:
     b = summary.get("budget", {})
     title = "combined table" if "sources" in summary else "reproduce"
     parts = [f"# mitigate {title} — preset `{summary['preset']}`", ""]
     if "sources" in summary:
         parts += ["Sources: " + ", ".join(f"`{s}`" for s in summary["sources"]), ""]
     parts += [f"Wall time: {summary['wall_seconds']:.0f} s. Means over seeds; 95% intervals from a two-level "
-             "bootstrap (seeds, then prompts). Diversity is measured among correct samples. "
-             f"ID columns are on the `{summary.get('id_split', 'id_test')}` pairs.", ""]
+              "bootstrap (seeds, then prompts). Diversity is measured among correct samples. "
+              f"ID columns are on the `{summary.get('id_split', 'id_test')}` pairs.", ""]
     if b:
         parts += [f"Budget (all trained methods): {b.get('steps')} steps x {b.get('prompts_per_step')} prompts x "
                   f"{b.get('group_size')} rollouts, lr {b.get('lr')}; evaluation n = {b.get('eval_samples')}.", ""]
@@ -95,30 +86,34 @@ def write_report(summary: dict, out: Path) -> None:
                           f"{d['pass_at_1_with_demo']:.3f}, without {d['pass_at_1_without_demo']:.3f}."]
         parts += [""]
     if "ranking" in summary:
-        from mitigate.ranking import ranking_table
+        parts += ["## Ranking", "", ranking_table(summary), ""]
+    parts += ["## Figures", "", "Drawn from summary.json by `python -m analysis figures <this folder>` "
+              "(`make reproduce` runs it):", "", "![pass@k](pass_at_k.png)", ""]
+    if "ranking" in summary:
+        parts += ["![pareto](pareto.png)", ""]
+    return "\n".join(parts)
 
-        parts += ["## Ranking", "", ranking_table(summary), "", "![pareto](pareto.png)", ""]
-    parts += ["![pass@k](pass_at_k.png)", ""]
-    plot_pass_at_k(summary, out / "pass_at_k.png")
-    write_text(out / "summary.md", "\n".join(parts))
+
+def write_report(summary: dict, out: Path) -> None:
+    write_text(Path(out) / "summary.md", report_markdown(summary))
+
+
+def read_summary(path: str | Path) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "summary.json"
+    if not p.is_file():
+        raise ConfigError(f"no summary.json at '{p}'")
+    return json.loads(p.read_text())
 
 
 def combine_summaries(paths: list[str | Path]) -> dict:
     """Merge the methods of several summary.json files (e.g. ablation sweeps sharing one base)
     into one summary for a joint table. Methods keep their names; `base` is taken from the first
     file; any other repeated name is an error. Only summaries on the same ID split combine."""
-    import json
-
-    from mitigate.config import ConfigError
-
     merged: dict = {"methods": {}, "sources": [str(p) for p in paths]}
     for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            p = p / "summary.json"
-        if not p.is_file():
-            raise ConfigError(f"no summary.json at '{p}'")
-        s = json.loads(p.read_text())
+        s = read_summary(p)
         split = s.get("id_split", "id_test")
         if merged.setdefault("id_split", split) != split:
             raise ConfigError(f"'{p}' reports ID metrics on {split}, the others on {merged['id_split']}")
@@ -137,16 +132,13 @@ def combine_summaries(paths: list[str | Path]) -> dict:
     return merged
 
 
-def write_combined(paths: list[str | Path], out: Path) -> Path:
-    """`mitigate table`: one report (tables with intervals, ranking, Pareto and pass@k plots)
-    over the methods of several reproduce/ablation folders."""
-    from mitigate.ranking import plot_pareto, rank_methods
-    from mitigate.runs import run_folder, write_json
-
-    summary = combine_summaries(paths)
-    with run_folder(out, overwrite=True) as tmp:
+def write_combined(paths: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
+    """`mitigate table`: one report (tables with intervals, ranking) over the methods of several
+    reproduce/ablation folders. Refuses an existing non-empty `out` (unless `overwrite`) and any
+    `out` that overlaps an input."""
+    with run_folder(out, overwrite, inputs=paths) as tmp:
+        summary = combine_summaries(paths)
         summary["ranking"] = rank_methods(summary)
-        plot_pareto(summary, tmp / "pareto.png")
         write_json(tmp / "summary.json", summary)
         write_report(summary, tmp)
     return Path(out)

@@ -14,19 +14,20 @@ correct part of the policy, `d(y*) ∝ p(y*) 1[y* correct]` (`demo_distribution`
 Everything is numpy/scipy. Expectations over M-tuples of demonstrations are exact: the targets
 depend on a tuple only through its count vector, so we enumerate count vectors with their
 multinomial probabilities (C(M+k-1, k-1) of them for k demonstrable outputs) and fall back to
-Monte Carlo when there are too many. `theory_report` writes the figures and table.
+Monte Carlo when there are too many. `theory_report` computes the example's numbers and curves (`analysis/` draws them).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy.special import gammaln, logsumexp
+
+from mitigate.core.io import write_text
 
 # ---------------------------------------------------------------------------------------------
 # validation and small helpers
@@ -333,61 +334,24 @@ EXAMPLE_BETA = 0.1
 EXAMPLE_MS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def _atomic_savefig(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def theory_report(out_dir, strength: float = EXAMPLE_STRENGTH, n_iter: int = 20) -> dict:
-    """Write tilt_vs_base.png, iterated_dynamics.png, marginal_bias.png and theory.md to out_dir.
+def theory_report(out_dir=None, strength: float = EXAMPLE_STRENGTH, n_iter: int = 20) -> dict:
+    """The exact example: key numbers, and the curves `analysis/` draws (tilt_vs_base,
+    iterated_dynamics, marginal_bias). With `out_dir`, also writes theory.md there.
 
     Example: p0 = EXAMPLE_P0 over 7 outputs (5 correct), copy_kernel_teacher(p, strength) without
-    concept groups. Returns the key numbers as a dict.
+    concept groups.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     p0, correct = EXAMPLE_P0, EXAMPLE_CORRECT
     top = int(np.argmax(np.where(correct, p0, -1.0)))
     T = copy_kernel_teacher(p0, strength)
     d = demo_distribution(p0, correct)
 
-    # 1. tilt vs base probability
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for s in (0.1, 0.3, strength, 0.8):
-        tau = expected_pcmi(p0, copy_kernel_teacher(p0, s), d)
-        ax.plot(p0[correct], tau[correct], "o-", label=f"strength {s:g}")
-        ax.plot(p0[~correct], tau[~correct], "x", color=ax.lines[-1].get_color())
-    ax.set_xlabel("base probability p0(y)   (o correct, x incorrect)")
-    ax.set_ylabel("SDSD tilt E[pcmi(y; y*)]")
-    ax.set_title("SDSD tilt favours likely outputs")
-    ax.legend(fontsize=8)
-    _atomic_savefig(fig, out / "tilt_vs_base.png")
-    plt.close(fig)
+    # 1. tilt vs base probability, for several copy strengths
+    tilt = {f"{s:g}": expected_pcmi(p0, copy_kernel_teacher(p0, s), d).tolist() for s in (0.1, 0.3, strength, 0.8)}
 
     # 2. iterated on-policy SDSD vs RL
     traj = sdsd_iterate(p0, correct, lambda p: copy_kernel_teacher(p, strength), n_iter)
     rl = rl_optimum(p0, correct, EXAMPLE_BETA)
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.plot(np.arange(n_iter + 1), traj[:, top], "o-", ms=3, label=f"SDSD (copy strength {strength:g})")
-    ax.axhline(rl[top], color="k", ls="--", label=f"RL optimum (beta={EXAMPLE_BETA:g})")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("on-policy iteration")
-    ax.set_ylabel("probability of the top output")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    _atomic_savefig(fig, out / "iterated_dynamics.png")
-    plt.close(fig)
 
     # 3. bias of the mitigations vs M
     Ms = list(EXAMPLE_MS)
@@ -397,19 +361,6 @@ def theory_report(out_dir, strength: float = EXAMPLE_STRENGTH, n_iter: int = 20)
     cmi_pool = cmi_reweighting_error(p0, correct, T, Ms, **exact)
     cmi_mean = [max_log_ratio_error(cmi_reweighted_optimum(p0, correct, T, M, **exact), p0, correct)
                 for M in Ms]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(Ms, marg, "o-", label="marginalised teacher")
-    ax.plot(Ms, cmi_pool, "s-", label="CMI reweighting, one pool of M demos")
-    ax.plot(Ms, cmi_mean, "^-", label="CMI reweighting, expected target")
-    ax.axhline(sdsd_err, color="k", ls="--", label="plain SDSD")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(Ms, [str(m) for m in Ms])
-    ax.set_xlabel("demonstrations M")
-    ax.set_ylabel("max log-ratio error vs p0 (correct outputs)")
-    ax.legend(fontsize=8)
-    _atomic_savefig(fig, out / "marginal_bias.png")
-    plt.close(fig)
 
     res = {
         "strength": strength,
@@ -458,5 +409,11 @@ def theory_report(out_dir, strength: float = EXAMPLE_STRENGTH, n_iter: int = 20)
         f"Top share first exceeds 0.9 at iteration {res['iterations_to_top_share_0.9']}.",
         "",
     ]
-    _atomic_write_text(out / "theory.md", "\n".join(md))
+    res["curves"] = {
+        "p0": p0.tolist(), "correct": correct.tolist(), "top": top, "beta": EXAMPLE_BETA, "strength": strength,
+        "tilt_by_strength": tilt, "iterated_top_share": traj[:, top].tolist(), "rl_top_share": float(rl[top]),
+        "Ms": Ms, "marginal": [float(e) for e in marg], "cmi_pool": [float(e) for e in cmi_pool],
+        "cmi_mean": [float(e) for e in cmi_mean], "sdsd_error": float(sdsd_err)}
+    if out_dir is not None:
+        write_text(Path(out_dir) / "theory.md", "\n".join(md))
     return res

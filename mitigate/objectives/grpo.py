@@ -14,22 +14,21 @@ from dataclasses import dataclass
 
 import torch
 
-from mitigate.batch import Batch
-from mitigate.config import opt
-from mitigate.objectives.functional import AGGREGATIONS, aggregate, group_advantages, masked_mean
-from mitigate.registry import register_objective
+from mitigate.core.fields import Section, opt
+from mitigate.objectives.base import Batch, Context, register_objective
+from mitigate.ops import AGGREGATIONS, aggregate, group_advantages, masked_mean
 
 
 @dataclass
-class GRPOConfig:
-    name: str = "grpo"
+class GRPOConfig(Section):
+    name: str = opt("grpo", "registered objective name")
     clip_eps: float = opt(0.2, "PPO clip range of the importance ratio", min=0.0)
     scale_std: bool = opt(True, "divide group-centred rewards by the group std")
     aggregation: str = opt("token_mean", "how per-token losses are reduced", choices=AGGREGATIONS)
 
 
 @register_objective("grpo", GRPOConfig)
-def grpo(batch: Batch, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
+def grpo(batch: Batch, ctx: Context, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
     adv, zero_std = group_advantages(batch.rewards, batch.group_index, cfg.scale_std)
     logp = batch.token_logprobs()
     ratio = torch.exp(logp - batch.old_token_logprobs)

@@ -1,8 +1,8 @@
 """SDSD: self-distillation with sampled demonstrations.
 
 For each rollout y of prompt x, a correct rollout y* of the same group (another one when there is
-one) is the demonstration; the teacher is the model itself under no-grad, conditioned as in
-pretraining, `DEMO y* SEP x SEP`. The student minimises the token-level divergence to it at every
+one) is the demonstration; the teacher is the model itself under no-grad, conditioned on it in
+the task's demonstration format (`mitigate.objectives.teacher`). The student minimises the token-level divergence to it at every
 position of its own rollout, over the full vocabulary:
 
     L = agg_t D( pi(. | x, y_<t) || pi_teacher(. | x, y*, y_<t) )       (D = reverse KL by default)
@@ -17,27 +17,25 @@ from dataclasses import dataclass
 
 import torch
 
-from mitigate.batch import Batch
-from mitigate.config import opt
-from mitigate.objectives.functional import (
+from mitigate.core.fields import Section, opt
+from mitigate.objectives.base import Batch, Context, register_objective
+from mitigate.objectives.teacher import TEACHERS
+from mitigate.ops import (
     AGGREGATIONS,
     DIVERGENCES,
     aggregate,
+    gather_tokens,
     masked_mean,
-    pick_demonstrations,
     sampled_token_reverse_kl,
     token_divergence,
 )
-from mitigate.policy import gather_tokens
-from mitigate.registry import register_objective
 
-TEACHERS = ("live", "ema", "base")
 ESTIMATORS = ("full_vocab", "sampled_token")
 
 
 @dataclass
-class SDSDConfig:
-    name: str = "sdsd"
+class SDSDConfig(Section):
+    name: str = opt("sdsd", "registered objective name")
     divergence: str = opt("reverse_kl", "token-level divergence student -> teacher", choices=DIVERGENCES)
     estimator: str = opt("full_vocab", "full-vocabulary divergence, or score-function on the sampled token",
                          choices=ESTIMATORS)
@@ -47,22 +45,10 @@ class SDSDConfig:
     aggregation: str = opt("token_mean", "how per-token losses are reduced", choices=AGGREGATIONS)
 
 
-def demonstration_contexts(batch: Batch, demo_index: torch.Tensor) -> list[list[int]]:
-    """Teacher contexts `DEMO y* SEP x SEP` for a column of demonstration indices (-1 -> plain)."""
-    out = []
-    for i, j in enumerate(demo_index.tolist()):
-        prompt = batch.prompts[int(batch.group_index[i])]
-        out.append(batch.task.teacher_context(prompt, batch.tokens[j]) if j >= 0 else batch.contexts[i])
-    return out
-
-
 @register_objective("sdsd", SDSDConfig)
-def sdsd(batch: Batch, cfg: SDSDConfig) -> tuple[torch.Tensor, dict]:
-    if "demos" not in batch.cache:  # fixed across inner epochs
-        demo = pick_demonstrations(batch.group_index, batch.correct, 1, batch.generator)[:, 0]
-        batch.cache["demos"] = demo
-        batch.cache["teacher"] = batch.teacher_logprobs(demonstration_contexts(batch, demo))
-    demo, teacher = batch.cache["demos"], batch.cache["teacher"]
+def sdsd(batch: Batch, ctx: Context, cfg: SDSDConfig) -> tuple[torch.Tensor, dict]:
+    demos, (teacher,) = ctx.teacher.demonstrations(batch, ctx, 1)
+    demo = demos[:, 0]
     has_demo = (demo >= 0).float()[:, None]
     mask = batch.mask * has_demo
     if cfg.estimator == "full_vocab":

@@ -28,40 +28,24 @@ from dataclasses import dataclass
 
 import torch
 
-from mitigate.batch import Batch
-from mitigate.config import opt
-from mitigate.objectives.functional import aggregate, masked_mean, pick_demonstrations, token_divergence
-from mitigate.objectives.sdsd import SDSDConfig, demonstration_contexts
-from mitigate.policy import gather_tokens
-from mitigate.registry import register_objective
+from mitigate.core.fields import opt
+from mitigate.objectives.base import Batch, Context, register_objective
+from mitigate.objectives.sdsd import SDSDConfig
+from mitigate.ops import aggregate, centre_among_correct, gather_tokens, masked_mean, token_divergence
 
 
 @dataclass
 class SDSDCMIConfig(SDSDConfig):
-    name: str = "sdsd_cmi"
+    name: str = opt("sdsd_cmi", "registered objective name")
     M: int = opt(4, "demonstrations per rollout for the pcmi estimate", min=1)
     coef: float = opt(1.0, "weight of the tilt-cancelling term (1 = cancel the estimated tilt)", min=0.0)
 
 
-def centre_among_correct(values: torch.Tensor, group_index: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-    """values - mean over the correct rollouts of the same group; 0 for incorrect rollouts."""
-    n = int(group_index.max()) + 1
-    w = correct.float()
-    total = torch.zeros(n, device=values.device).index_add_(0, group_index, values * w)
-    count = torch.zeros(n, device=values.device).index_add_(0, group_index, w)
-    mean = total / count.clamp(min=1)
-    return (values - mean[group_index]) * w
-
-
 @register_objective("sdsd_cmi", SDSDCMIConfig)
-def sdsd_cmi(batch: Batch, cfg: SDSDCMIConfig) -> tuple[torch.Tensor, dict]:
+def sdsd_cmi(batch: Batch, ctx: Context, cfg: SDSDCMIConfig) -> tuple[torch.Tensor, dict]:
     if cfg.estimator != "full_vocab":
         raise ValueError("sdsd_cmi supports estimator 'full_vocab' only")
-    if "cmi" not in batch.cache:
-        demos = pick_demonstrations(batch.group_index, batch.correct, cfg.M, batch.generator)
-        batch.cache["cmi"] = (demos, [batch.teacher_logprobs(demonstration_contexts(batch, demos[:, m]))
-                                      for m in range(cfg.M)])
-    demos, teachers = batch.cache["cmi"]
+    demos, teachers = ctx.teacher.demonstrations(batch, ctx, cfg.M)
     has_demo = (demos[:, 0] >= 0).float()[:, None]
     mask = batch.mask * has_demo
     divergence = torch.stack([token_divergence(batch.logprobs, t, cfg.divergence) for t in teachers]).mean(0)

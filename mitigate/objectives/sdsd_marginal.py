@@ -21,16 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
-from mitigate.batch import Batch
-from mitigate.config import opt
-from mitigate.objectives.functional import aggregate, masked_mean, pick_demonstrations, token_divergence
-from mitigate.objectives.sdsd import SDSDConfig, demonstration_contexts
-from mitigate.registry import register_objective
+from mitigate.core.fields import opt
+from mitigate.objectives.base import Batch, Context, register_objective
+from mitigate.objectives.sdsd import SDSDConfig
+from mitigate.ops import aggregate, masked_mean, token_divergence
 
 
 @dataclass
 class SDSDMarginalConfig(SDSDConfig):
-    name: str = "sdsd_marginal"
+    name: str = opt("sdsd_marginal", "registered objective name")
     M: int = opt(4, "demonstrations in the teacher mixture", min=1)
 
 
@@ -45,21 +44,12 @@ def marginal_teacher_logprobs(teacher_logprobs: torch.Tensor, tokens: torch.Tens
     return torch.logsumexp(log_w.unsqueeze(-1) + teacher_logprobs, 0)
 
 
-def marginal_teacher(batch: Batch, M: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(demonstration indices [B, M], mixture teacher log-probs [B, T, V]), cached per step."""
-    if "marginal" not in batch.cache:
-        demos = pick_demonstrations(batch.group_index, batch.correct, M, batch.generator)
-        per_demo = torch.stack([batch.teacher_logprobs(demonstration_contexts(batch, demos[:, m]))
-                                for m in range(M)])
-        batch.cache["marginal"] = (demos, marginal_teacher_logprobs(per_demo, batch.tokens, batch.mask))
-    return batch.cache["marginal"]
-
-
 @register_objective("sdsd_marginal", SDSDMarginalConfig)
-def sdsd_marginal(batch: Batch, cfg: SDSDMarginalConfig) -> tuple[torch.Tensor, dict]:
+def sdsd_marginal(batch: Batch, ctx: Context, cfg: SDSDMarginalConfig) -> tuple[torch.Tensor, dict]:
     if cfg.estimator != "full_vocab":
         raise ValueError("sdsd_marginal supports estimator 'full_vocab' only")
-    demos, teacher = marginal_teacher(batch, cfg.M)
+    demos, per_demo = ctx.teacher.demonstrations(batch, ctx, cfg.M)
+    teacher = marginal_teacher_logprobs(torch.stack(per_demo), batch.tokens, batch.mask)
     has_demo = (demos[:, 0] >= 0).float()[:, None]
     mask = batch.mask * has_demo
     per_token = token_divergence(batch.logprobs, teacher, cfg.divergence)

@@ -15,27 +15,27 @@ from dataclasses import dataclass
 
 import torch
 
-from mitigate.batch import Batch
-from mitigate.config import opt
-from mitigate.objectives.functional import AGGREGATIONS, aggregate, token_divergence
-from mitigate.registry import register_regularizer
+from mitigate.core.fields import Section, opt
+from mitigate.objectives.base import Batch, Context
+from mitigate.ops import AGGREGATIONS, aggregate, token_divergence
+from mitigate.regularizers.base import register_regularizer
 
 
 @dataclass
-class EntropyConfig:
-    name: str = "entropy"
+class EntropyConfig(Section):
+    name: str = opt("entropy", "registered regularizer name")
     coef: float = opt(0.01, "weight of the term in the loss (bonus strength)", min=0.0)
     base_kl: float = opt(0.0, "weight of the full-vocabulary KL(pi || base) leash inside the term", min=0.0)
     aggregation: str = opt("token_mean", "how per-token terms are reduced", choices=AGGREGATIONS)
 
 
 @register_regularizer("entropy", EntropyConfig)
-def entropy(batch: Batch, cfg: EntropyConfig) -> tuple[torch.Tensor, dict]:
+def entropy(batch: Batch, ctx: Context, cfg: EntropyConfig) -> tuple[torch.Tensor, dict]:
     token_entropy = -(batch.logprobs.exp() * batch.logprobs).sum(-1)  # [B, T]
     per_token = -token_entropy
     scalars = {"token_entropy": float(aggregate(token_entropy.detach(), batch.mask, "token_mean"))}
     if cfg.base_kl > 0:
-        kl = token_divergence(batch.logprobs, batch.ref_logprobs(), "reverse_kl")
+        kl = token_divergence(batch.logprobs, batch.ref_logprobs, "reverse_kl")
         per_token = per_token + cfg.base_kl * kl
         scalars["kl_base_full"] = float(aggregate(kl.detach(), batch.mask, "token_mean"))
     return aggregate(per_token, batch.mask, cfg.aggregation), scalars

@@ -37,18 +37,17 @@ import numpy as np
 import ot as pot
 import torch
 
-from mitigate.batch import Batch
-from mitigate.config import opt
-from mitigate.objectives.functional import aggregate
-from mitigate.policy import completion_mask
-from mitigate.registry import register_regularizer
+from mitigate.core.fields import Section, opt
+from mitigate.objectives.base import Batch, Context
+from mitigate.ops import aggregate
+from mitigate.regularizers.base import register_regularizer
 
 _TINY = 1e-9  # mass on excluded (incorrect) points so the log-domain solver stays finite
 
 
 @dataclass
-class OTConfig:
-    name: str = "ot"
+class OTConfig(Section):
+    name: str = opt("ot", "registered regularizer name")
     coef: float = opt(0.5, "weight of the potential penalty in the loss", min=0.0)
     reference_samples: int = opt(32, "base-model samples per prompt for the reference set", min=1)
     reg: float = opt(0.05, "entropic regularisation epsilon of Sinkhorn (cost units)", min=1e-4)
@@ -57,21 +56,6 @@ class OTConfig:
     replay: float = opt(0.0, "weight of the same penalty on reference paths (off-policy: reaches unsampled "
                              "concepts)", min=0.0)
     replay_paths: int = opt(8, "reference paths per prompt scored for replay", min=1)
-
-
-def _reference_features(batch: Batch, cfg: OTConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(features, tokens) of correct base-model samples per prompt, drawn the first time a prompt
-    is seen."""
-    store = batch.state.setdefault("ot_reference", {})
-    missing = [q for q in batch.prompts if q not in store]
-    if missing:
-        n = cfg.reference_samples
-        tokens, correct, concepts = batch.ref_samples(missing, n)
-        feats = batch.task.rollout_features(tokens, concepts, cfg.concept_weight)
-        for k, q in enumerate(missing):
-            rows = slice(k * n, (k + 1) * n)
-            store[q] = (feats[rows][correct[rows]], tokens[rows][correct[rows]])
-    return [store[q] for q in batch.prompts]
 
 
 def sinkhorn_potentials(rollout_feats: torch.Tensor, rollout_mass: torch.Tensor, ref_feats: torch.Tensor,
@@ -92,53 +76,78 @@ def sinkhorn_potentials(rollout_feats: torch.Tensor, rollout_mass: torch.Tensor,
 
 
 @register_regularizer("ot", OTConfig)
-def ot_penalty(batch: Batch, cfg: OTConfig) -> tuple[torch.Tensor, dict]:
-    if "ot" not in batch.cache:
-        P, G = len(batch.prompts), batch.group_size
-        refs_and_tokens = _reference_features(batch, cfg)
-        refs = [r for r, _ in refs_and_tokens]
-        feats = batch.task.rollout_features(batch.tokens.cpu().numpy(), batch.concepts.cpu().numpy(),
-                                            cfg.concept_weight)
-        correct = batch.correct.cpu().numpy().reshape(P, G)
-        R = max(1, max(len(r) for r in refs))
-        ref_f = np.zeros((P, R, feats.shape[1]))
-        ref_m = np.full((P, R), _TINY)
-        for p, r in enumerate(refs):
-            ref_f[p, :len(r)], ref_m[p, :len(r)] = r, 1.0
-        roll_m = np.where(correct, 1.0, _TINY)
-        valid = correct.any(1) & np.array([len(r) > 0 for r in refs])  # something to compare
-        roll_m, ref_m = roll_m / roll_m.sum(1, keepdims=True), ref_m / ref_m.sum(1, keepdims=True)
-        t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
-        f_roll, f_ref = sinkhorn_potentials(t(feats.reshape(P, G, -1)), t(roll_m), t(ref_f), t(ref_m), cfg.reg)
-        # baseline: the potential averaged over the reference set, so a group that sits entirely
-        # in an over-covered region is still pushed out of it (a group mean would cancel that)
-        baseline = (f_ref * t(ref_m > _TINY)).sum(1, keepdim=True) / t(ref_m > _TINY).sum(1, keepdim=True)
-        use = torch.as_tensor(correct & valid[:, None])
-        penalty = torch.where(use, f_roll - baseline, torch.zeros_like(f_roll))
-        spread = float(penalty[use].abs().mean()) if use.any() else 0.0
-        batch.cache["ot"] = (penalty.reshape(-1).float().to(batch.tokens.device), float(valid.mean()), spread)
-        if cfg.replay > 0:
-            batch.cache["ot_replay"] = _replay_set(batch, cfg, refs_and_tokens, f_ref - baseline, valid)
-    penalty, valid_share, spread = batch.cache["ot"]
-    per_token = penalty[:, None] * batch.token_logprobs()
-    loss = aggregate(per_token, batch.mask, "token_mean")
-    scalars = {"groups_used": valid_share, "penalty_abs": spread}
-    if cfg.replay > 0 and batch.cache["ot_replay"] is not None:
-        contexts, tokens, mask, ref_penalty = batch.cache["ot_replay"]
-        lp = batch.student_logprobs(contexts, tokens, mask).gather(-1, tokens[..., None])[..., 0]
-        loss = loss + cfg.replay * aggregate(ref_penalty[:, None] * lp, mask, "token_mean")
-        scalars["replay_paths"] = float(len(tokens))
-    return loss, scalars
+class OTPenalty:
+    """Instantiated once per run: holds the reference set (correct base-model samples per prompt,
+    drawn the first time a prompt is seen) and this step's penalties (fixed across inner epochs)."""
+
+    def __init__(self):
+        self.reference: dict = {}  # prompt -> (features [R, d], tokens [R, T]) of correct base samples
+        self._step: int | None = None
+        self._penalty = self._replay = None
+
+    def reference_set(self, batch: Batch, ctx: Context, cfg: OTConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+        missing = [q for q in batch.prompts if q not in self.reference]
+        if missing:
+            n = cfg.reference_samples
+            tokens, correct, labels = ctx.reference_samples(missing, n)
+            feats = ctx.task.rollout_features(tokens, labels, cfg.concept_weight)
+            for k, q in enumerate(missing):
+                rows = slice(k * n, (k + 1) * n)
+                self.reference[q] = (feats[rows][correct[rows]], tokens[rows][correct[rows]])
+        return [self.reference[q] for q in batch.prompts]
+
+    def __call__(self, batch: Batch, ctx: Context, cfg: OTConfig) -> tuple[torch.Tensor, dict]:
+        if self._step != ctx.step:
+            self._step = ctx.step
+            self._penalty, self._replay = _step_penalties(batch, ctx, cfg, self.reference_set(batch, ctx, cfg))
+        penalty, valid_share, spread = self._penalty
+        per_token = penalty[:, None] * batch.token_logprobs()
+        loss = aggregate(per_token, batch.mask, "token_mean")
+        scalars = {"groups_used": valid_share, "penalty_abs": spread}
+        if cfg.replay > 0 and self._replay is not None:
+            contexts, tokens, mask, ref_penalty = self._replay
+            lp = ctx.policy.logprobs(contexts, tokens, mask).gather(-1, tokens[..., None])[..., 0]
+            loss = loss + cfg.replay * aggregate(ref_penalty[:, None] * lp, mask, "token_mean")
+            scalars["replay_paths"] = float(len(tokens))
+        return loss, scalars
 
 
-def _replay_set(batch, cfg, refs_and_tokens, ref_penalty, valid):
+def _step_penalties(batch: Batch, ctx: Context, cfg: OTConfig, refs_and_tokens):
+    """Per-rollout penalties (and the replay set) of one step, from the Sinkhorn potentials."""
+    P, G = len(batch.prompts), batch.group_size
+    refs = [r for r, _ in refs_and_tokens]
+    feats = ctx.task.rollout_features(batch.tokens.cpu().numpy(), batch.labels.cpu().numpy(),
+                                      cfg.concept_weight)
+    correct = batch.correct.cpu().numpy().reshape(P, G)
+    R = max(1, max(len(r) for r in refs))
+    ref_f = np.zeros((P, R, feats.shape[1]))
+    ref_m = np.full((P, R), _TINY)
+    for p, r in enumerate(refs):
+        ref_f[p, :len(r)], ref_m[p, :len(r)] = r, 1.0
+    roll_m = np.where(correct, 1.0, _TINY)
+    valid = correct.any(1) & np.array([len(r) > 0 for r in refs])  # something to compare
+    roll_m, ref_m = roll_m / roll_m.sum(1, keepdims=True), ref_m / ref_m.sum(1, keepdims=True)
+    t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
+    f_roll, f_ref = sinkhorn_potentials(t(feats.reshape(P, G, -1)), t(roll_m), t(ref_f), t(ref_m), cfg.reg)
+    # baseline: the potential averaged over the reference set, so a group that sits entirely
+    # in an over-covered region is still pushed out of it (a group mean would cancel that)
+    baseline = (f_ref * t(ref_m > _TINY)).sum(1, keepdim=True) / t(ref_m > _TINY).sum(1, keepdim=True)
+    use = torch.as_tensor(correct & valid[:, None])
+    penalty = torch.where(use, f_roll - baseline, torch.zeros_like(f_roll))
+    spread = float(penalty[use].abs().mean()) if use.any() else 0.0
+    penalty = (penalty.reshape(-1).float().to(batch.tokens.device), float(valid.mean()), spread)
+    replay = _replay_set(batch, ctx, cfg, refs_and_tokens, f_ref - baseline, valid) if cfg.replay > 0 else None
+    return penalty, replay
+
+
+def _replay_set(batch, ctx, cfg, refs_and_tokens, ref_penalty, valid):
     """Up to `replay_paths` reference paths per valid prompt with their penalties: negative on
     under-covered paths, so the score-function term raises them even when no rollout reached them."""
     contexts, rows, pens = [], [], []
     for p, (q, (_, toks)) in enumerate(zip(batch.prompts, refs_and_tokens)):
         if not valid[p] or len(toks) == 0:
             continue
-        pick = torch.randperm(len(toks), generator=batch.generator)[:cfg.replay_paths]
+        pick = torch.randperm(len(toks), generator=ctx.generator)[:cfg.replay_paths]
         for j in pick.tolist():
             contexts.append(q.tokens)
             rows.append(torch.as_tensor(toks[j]))
@@ -146,5 +155,5 @@ def _replay_set(batch, cfg, refs_and_tokens, ref_penalty, valid):
     if not rows:
         return None
     tokens = torch.stack(rows).to(batch.tokens.device)  # sampled paths: already PAD after EOS
-    mask = completion_mask(tokens).float()
+    mask = ctx.policy.completion_mask(tokens).float()
     return contexts, tokens, mask, torch.tensor(pens, device=tokens.device)

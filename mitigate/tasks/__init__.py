@@ -1,12 +1,7 @@
-"""Tasks: prompts, a verifier with concept labels, splits, and demonstration contexts."""
+"""Tasks: prompts per split, a verifier with labels, demonstration contexts. Built-ins register
+on import; see `mitigate.tasks.base` for the protocol."""
 
-from mitigate.tasks.graph import GraphParams, GraphTask
+from mitigate.tasks import graph  # noqa: F401  (registers the built-in task)
+from mitigate.tasks.base import TASKS, Task, Vocab, make_task, register_task
 
-
-def make_task(params) -> GraphTask:
-    if isinstance(params, GraphParams):
-        return GraphTask(params)
-    raise TypeError(f"no task for parameters of type {type(params).__name__}; known: GraphParams")
-
-
-__all__ = ["GraphParams", "GraphTask", "make_task"]
+__all__ = ["TASKS", "Task", "Vocab", "make_task", "register_task"]

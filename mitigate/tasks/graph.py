@@ -11,6 +11,7 @@ probability `demo_copy_concept` (and its route with `demo_copy_route`) - the in-
 that makes a self-distillation teacher's pointwise CMI non-zero.
 
 Everything is a pure function of `GraphParams`: equal parameters give identical graphs and splits.
+This module is the only one that knows the graph's tokens and split names.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ from functools import cached_property
 
 import numpy as np
 
+from mitigate.core.fields import Section, opt
+from mitigate.tasks.base import Vocab, register_task
+
 PAD, BOS, EOS, SEP, DEMO = 0, 1, 2, 3, 4
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>", "<demo>")
 SPLITS = ("pretrain", "id_train", "id_val", "id_test", "ood_blocked", "ood_rare")
 
 
-def _f(default, help, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+_f = opt
 
 
-@dataclass(frozen=True)
-class GraphParams:
+@dataclass
+class GraphParams(Section):
+    name: str = _f("graph", "registered task name")
     seed: int = _f(0, "task seed: fixes graph, splits and pretraining data (not the training seed)", min=0)
     n_start: int = _f(32, "nodes in the start layer", min=2)
     n_goal: int = _f(32, "nodes in the goal layer", min=2)
@@ -84,10 +88,17 @@ class PathTable:
     prior: np.ndarray  # [P], sums to 1
 
 
+@register_task("graph", GraphParams)
 @dataclass
 class GraphTask:
     params: GraphParams = field(default_factory=GraphParams)
     name: str = "graph"
+    train_split = "id_train"
+    val_split = "id_val"
+    test_split = "id_test"
+    # result key -> split: blocked = an ID test pair with its pretraining-preferred concept closed;
+    # rare = pairs whose only feasible concepts are rare in pretraining
+    ood_splits = {"blocked": "ood_blocked", "rare": "ood_rare"}
 
     # ------------------------------------------------------------------ graph
     @cached_property
@@ -141,6 +152,10 @@ class GraphTask:
     @property
     def vocab_size(self) -> int:
         return self._layout["vocab"]
+
+    @property
+    def vocab(self) -> Vocab:
+        return Vocab(size=self.vocab_size, pad=PAD, bos=BOS, eos=EOS)
 
     @property
     def adjacency(self) -> np.ndarray:

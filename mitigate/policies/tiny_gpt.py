@@ -1,13 +1,13 @@
-"""The policy: a small GPT-2 style causal LM built from a `transformers` config (no download),
+"""`tiny_gpt`: a small GPT-2 style causal LM built from a `transformers` config (no download),
 a batched KV-cache sampler, batched log-prob scoring of continuations under arbitrary contexts
-(prompt or demonstration-prefixed teacher context), and safetensors checkpoints."""
+(prompt or demonstration-prefixed teacher context), and safetensors checkpoints.
+
+The special tokens come from the task's `Vocab` when the model is built and are stored in the
+model's own config, so a checkpoint loads without its task."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,17 +15,29 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.cache_utils import DynamicCache
 
-from mitigate.tasks.graph import BOS, EOS, PAD
+from mitigate.core.fields import Section, opt
+from mitigate.core.io import atomic_dir
+from mitigate.policies.base import META_FILE, CheckpointError, Samples, register_policy
 
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "mitigate.json")
+CHECKPOINT_FILES = ("config.json", "model.safetensors", META_FILE)
 
 
-def build_model(model_cfg, vocab_size: int, n_positions: int = 32) -> GPT2LMHeadModel:
+@dataclass
+class TinyGPTConfig(Section):
+    name: str = opt("tiny_gpt", "registered policy name")
+    n_embd: int = opt(128, "width of the GPT-2 style transformer", min=8)
+    n_layer: int = opt(3, "number of transformer blocks", min=1)
+    n_head: int = opt(4, "attention heads per block", min=1)
+    dropout: float = opt(0.0, "dropout during pretraining (teachers always run with dropout off)",
+                         min=0.0, max=0.9)
+
+
+def build_model(model_cfg, vocab, n_positions: int = 32) -> GPT2LMHeadModel:
     config = GPT2Config(
-        vocab_size=vocab_size, n_positions=n_positions, n_embd=model_cfg.n_embd,
+        vocab_size=vocab.size, n_positions=n_positions, n_embd=model_cfg.n_embd,
         n_layer=model_cfg.n_layer, n_head=model_cfg.n_head,
         resid_pdrop=model_cfg.dropout, embd_pdrop=model_cfg.dropout, attn_pdrop=model_cfg.dropout,
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+        bos_token_id=vocab.bos, eos_token_id=vocab.eos, pad_token_id=vocab.pad,
         activation_function="gelu_pytorch_tanh",  # the fused kernel of GPT-2's tanh GELU: ~20% faster on CPU
     )
     return GPT2LMHeadModel(config)
@@ -37,10 +49,10 @@ def n_params(model: torch.nn.Module) -> int:
 
 # ----------------------------------------------------------------------------- padding helpers
 
-def left_pad(seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: list[list[int]], device, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists: (tokens [B, L], mask [B, L])."""
     width = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), width), PAD, dtype=torch.long)
+    tokens = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
@@ -53,21 +65,14 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def completion_mask(tokens: torch.Tensor) -> torch.Tensor:
+def completion_mask(tokens: torch.Tensor, eos: int) -> torch.Tensor:
     """1 on generated tokens up to and including the first EOS, 0 after it."""
-    is_eos = (tokens == EOS).long()
+    is_eos = (tokens == eos).long()
     after = (is_eos.cumsum(-1) - is_eos) > 0
     return (~after).long()
 
 
 # ----------------------------------------------------------------------------- sampling
-
-@dataclass
-class Samples:
-    tokens: torch.Tensor  # [N, T] generated tokens, PAD after EOS
-    mask: torch.Tensor  # [N, T] 1 up to and including EOS
-    token_entropy: torch.Tensor  # [N] mean entropy (nats) of the sampling distribution per token
-
 
 @torch.no_grad()
 def sample(model, contexts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
@@ -76,6 +81,7 @@ def sample(model, contexts: list[list[int]], max_new_tokens: int, temperature: f
 
     Contexts may differ in length: they are left-padded and positions follow the mask, so a
     row's samples do not depend on what it was batched with (up to float rounding)."""
+    pad, eos = model.config.pad_token_id, model.config.eos_token_id
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -85,24 +91,24 @@ def sample(model, contexts: list[list[int]], max_new_tokens: int, temperature: f
     outs, ents = [], []
     for lo in range(0, len(contexts), batch_size):
         tok, ent = _sample_batch(model, contexts[lo:lo + batch_size], max_new_tokens, temperature,
-                                 generator, device)
+                                 generator, device, pad, eos)
         outs.append(tok)
         ents.append(ent)
         if progress is not None:
             progress.update(len(tok))
     model.train(was_training)
     tokens = torch.cat(outs)
-    mask = completion_mask(tokens)
-    tokens = tokens.masked_fill(mask == 0, PAD)
+    mask = completion_mask(tokens, eos)
+    tokens = tokens.masked_fill(mask == 0, pad)
     return Samples(tokens=tokens, mask=mask, token_entropy=torch.cat(ents))
 
 
-def _sample_batch(model, contexts, max_new_tokens, temperature, generator, device):
+def _sample_batch(model, contexts, max_new_tokens, temperature, generator, device, pad, eos):
     # Callers repeat each context (GRPO groups, n samples per prompt), so the prompt runs through
     # the model once per distinct context; rows sharing it get a copy of its KV cache and logits.
     first: dict[tuple, int] = {}
     rows = torch.tensor([first.setdefault(tuple(c), len(first)) for c in contexts], device=device)
-    u_ids, u_mask = left_pad(list(first), device)
+    u_ids, u_mask = left_pad(list(first), device, pad)
     cache = DynamicCache()
     out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions(u_mask), past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
@@ -112,7 +118,7 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
     n = len(rows)
     logits = out.logits[rows, -1].float()
     next_pos = pos[:, -1:] + 1
-    generated = torch.full((n, max_new_tokens), PAD, dtype=torch.long, device=device)
+    generated = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     ent_sum = torch.zeros(n, device=device)
     n_tok = torch.zeros(n, device=device)
@@ -122,9 +128,9 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
         ent_sum += torch.where(done, 0.0, -(probs * logp).sum(-1))
         n_tok += (~done).float()
         nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        nxt = torch.where(done, PAD, nxt)
+        nxt = torch.where(done, pad, nxt)
         generated[:, t] = nxt
-        done |= nxt == EOS
+        done |= nxt == eos
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], 1)
@@ -145,7 +151,7 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: torch
     `cont_mask` [B, T] marking real positions. Returns [B, T, V] float32 (grad flows if enabled).
     """
     device = next(model.parameters()).device
-    ctx, ctx_mask = left_pad(contexts, device)
+    ctx, ctx_mask = left_pad(contexts, device, model.config.pad_token_id)
     cont = continuations.to(device)
     ids = torch.cat([ctx, cont], 1)
     mask = torch.cat([ctx_mask, cont_mask.to(device).long()], 1)
@@ -155,60 +161,33 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: torch
     return torch.log_softmax(logits, -1)
 
 
-def gather_tokens(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p of the given tokens: [B, T, V] x [B, T] -> [B, T]."""
-    return logprobs.gather(-1, tokens.to(logprobs.device).unsqueeze(-1)).squeeze(-1)
-
-
 def sequence_logprob(model, contexts, continuations, cont_mask) -> torch.Tensor:
     """Sum of token log-probs of each continuation: [B]."""
-    lp = gather_tokens(continuation_logprobs(model, contexts, continuations, cont_mask), continuations)
+    lp = continuation_logprobs(model, contexts, continuations, cont_mask)
+    lp = lp.gather(-1, continuations.to(lp.device).unsqueeze(-1)).squeeze(-1)
     return (lp * cont_mask.to(lp.device)).sum(-1)
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(model, directory: str | Path, extra: dict) -> Path:
+def save_checkpoint(model, directory: str | Path, meta: dict) -> Path:
     """Atomically write `config.json`, `model.safetensors` and `mitigate.json` (task + config)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "mitigate.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         for f in list(tmp.iterdir()):  # only the files we document
             if f.name not in CHECKPOINT_FILES:
                 f.unlink()
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
-class CheckpointError(FileNotFoundError):
-    pass
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint folder or a run folder holding `checkpoint/`."""
-    path = Path(path)
-    for cand in (path, path / "checkpoint"):
-        if all((cand / f).is_file() for f in CHECKPOINT_FILES):
-            return cand
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: '{path}' does not exist")
-    raise CheckpointError(f"no checkpoint in '{path}': expected {', '.join(CHECKPOINT_FILES)} "
-                          f"in it or in '{path / 'checkpoint'}'")
-
-
-def load_checkpoint(path: str | Path, device="cpu") -> tuple[GPT2LMHeadModel, dict]:
-    ckpt = resolve_checkpoint(path)
-    model = GPT2LMHeadModel.from_pretrained(ckpt, local_files_only=True).to(device)
-    model.eval()
-    return model, json.loads((ckpt / "mitigate.json").read_text())
+def load_model(folder: str | Path, device="cpu") -> GPT2LMHeadModel:
+    folder = Path(folder)
+    missing = [f for f in CHECKPOINT_FILES if not (folder / f).is_file()]
+    if missing:
+        raise CheckpointError(f"incomplete tiny_gpt checkpoint '{folder}': missing {', '.join(missing)}")
+    model = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device)
+    return model.eval()
 
 
 def clone_frozen(model) -> GPT2LMHeadModel:
@@ -217,3 +196,64 @@ def clone_frozen(model) -> GPT2LMHeadModel:
     twin.load_state_dict(model.state_dict())
     twin.eval().requires_grad_(False)
     return twin
+
+
+# ----------------------------------------------------------------------------- the policy
+
+@register_policy("tiny_gpt", TinyGPTConfig)
+class TinyGPT:
+    """The graph task's policy: the functions above behind the `Policy` interface.
+
+    `wrapped` is what gradient forwards go through: `accelerate.prepare` may wrap `model` in DDP,
+    whose forward must run for every backward so that gradients are averaged across processes.
+    Sampling and no-grad scoring use the bare `model`: a DDP forward is a collective, and the
+    probe runs on the main process only."""
+
+    def __init__(self, model: GPT2LMHeadModel):
+        self.model = model
+        self.wrapped = model
+
+    @classmethod
+    def build(cls, cfg: TinyGPTConfig, task) -> TinyGPT:
+        return cls(build_model(cfg, task.vocab))
+
+    @classmethod
+    def load(cls, folder: str | Path, device="cpu") -> TinyGPT:
+        return cls(load_model(folder, device))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def n_params(self) -> int:
+        return n_params(self.model)
+
+    def sample(self, contexts, max_new_tokens, temperature=1.0, generator=None, batch_size=4096,
+               progress=None) -> Samples:
+        return sample(self.model, contexts, max_new_tokens, temperature, generator, batch_size, progress)
+
+    def logprobs(self, contexts, tokens, mask) -> torch.Tensor:
+        module = self.wrapped if torch.is_grad_enabled() else self.model
+        return continuation_logprobs(module, contexts, tokens, mask)
+
+    def sequence_logprobs(self, contexts, tokens, mask) -> torch.Tensor:
+        return sequence_logprob(self.model, contexts, tokens, mask)
+
+    def completion_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        return completion_mask(tokens, self.model.config.eos_token_id)
+
+    def pretraining_loss(self, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over target tokens (the loss mask: never the prompt or demonstration)."""
+        attn = (tokens != self.model.config.pad_token_id).long()
+        logits = self.model(input_ids=tokens, attention_mask=attn).logits[:, :-1]
+        target, m = tokens[:, 1:], loss_mask[:, 1:].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                reduction="none").view_as(m)
+        return (nll * m).sum() / m.sum()
+
+    def frozen_copy(self) -> TinyGPT:
+        return TinyGPT(clone_frozen(self.model))
+
+    def save(self, folder, meta: dict) -> Path:
+        return save_checkpoint(self.model, folder, {"policy": "tiny_gpt", **meta})

@@ -1,5 +1,6 @@
-"""Small pure tensor functions behind the objectives; each is checked against hand-computed
-values in tests/test_functional.py. Shapes: B rollouts, T positions, V vocabulary."""
+"""Pure tensor math behind the objectives and regularizers: divergences, aggregation, advantages,
+the KL estimator, gathers, masks. Tensors in, keyword settings, tensors out; each function is checked
+against hand-computed values in tests/unit/test_ops.py. Shapes: B rollouts, T positions, V vocabulary."""
 
 from __future__ import annotations
 
@@ -73,6 +74,21 @@ def sampled_token_reverse_kl(token_logp: torch.Tensor, teacher_token_logp: torch
     """Score-function surrogate for the reverse KL on the sampled token only: its gradient,
     (log p_s(y_t) - log p_t(y_t)) * grad log p_s(y_t), is unbiased for grad KL(p_s || p_t) at t."""
     return (token_logp - teacher_token_logp).detach() * token_logp
+
+
+def gather_tokens(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p of the given tokens: [B, T, V] x [B, T] -> [B, T]."""
+    return logprobs.gather(-1, tokens.to(logprobs.device).unsqueeze(-1)).squeeze(-1)
+
+
+def centre_among_correct(values: torch.Tensor, group_index: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """values - mean over the correct rollouts of the same group; 0 for incorrect rollouts."""
+    n = int(group_index.max()) + 1
+    w = correct.float()
+    total = torch.zeros(n, device=values.device).index_add_(0, group_index, values * w)
+    count = torch.zeros(n, device=values.device).index_add_(0, group_index, w)
+    mean = total / count.clamp(min=1)
+    return (values - mean[group_index]) * w
 
 
 def pick_demonstrations(group_index: torch.Tensor, correct: torch.Tensor, m: int,

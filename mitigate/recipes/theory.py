@@ -21,18 +21,22 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from mitigate.runs import write_json, write_text
+from mitigate import config as C
+from mitigate.core.io import run_folder, write_json, write_text
+from mitigate.policies import load_policy
+from mitigate.tasks import make_task
+from mitigate.theory import theory_report
 
 
 @torch.no_grad()
-def path_logprobs(model, task, prompt, paths: np.ndarray, context: list[int] | None = None) -> np.ndarray:
-    """log p(path + EOS | context) for every enumerated path (context defaults to the prompt)."""
-    from mitigate.policy import sequence_logprob
-    from mitigate.tasks.graph import EOS
-
-    cont = torch.as_tensor(np.concatenate([paths, np.full((len(paths), 1), EOS)], 1))
+def path_logprobs(policy, task, prompt, paths: np.ndarray, context: list[int] | None = None) -> np.ndarray:
+    """log p(path + end of sequence | context) for every enumerated path (context: the prompt)."""
+    cont = torch.as_tensor(np.concatenate([paths, np.full((len(paths), 1), task.vocab.eos)], 1))
     ctx = [context or prompt.tokens] * len(paths)
-    return sequence_logprob(model, ctx, cont, torch.ones_like(cont)).double().numpy()
+    mask = torch.ones_like(cont)
+    lp = policy.logprobs(ctx, cont, mask)
+    lp = lp.gather(-1, cont.unsqueeze(-1)).squeeze(-1)
+    return (lp * mask).sum(-1).double().numpy()
 
 
 def concept_shares(logp: np.ndarray, concepts: np.ndarray, n_concepts: int) -> np.ndarray:
@@ -55,11 +59,11 @@ def probe_prompt(base, task, prompt) -> dict:
 
 
 def run_theory(out: Path, ckpt: str | None = None, sdsd_runs: list[str] = (), quiet: bool = False,
-               n_prompts: int = 24) -> dict:
-    from mitigate.runs import run_folder
-    from mitigate.theory import theory_report
-
-    with run_folder(out, overwrite=True) as tmp:
+               n_prompts: int = 24, overwrite: bool = False) -> dict:
+    """theory.json (numbers and curves), theory.md and, with a checkpoint, the network probe
+    (probe_rows.json, probe.md). Figures: `python -m analysis figures OUT`."""
+    inputs = [ckpt, *sdsd_runs] if ckpt else list(sdsd_runs)
+    with run_folder(out, overwrite, inputs=inputs) as tmp:
         result = {"exact": theory_report(tmp)}
         if ckpt:
             result["probe"] = network_probe(tmp, ckpt, sdsd_runs, quiet, n_prompts)
@@ -68,14 +72,13 @@ def run_theory(out: Path, ckpt: str | None = None, sdsd_runs: list[str] = (), qu
 
 
 def network_probe(out: Path, ckpt: str, sdsd_runs: list[str], quiet: bool, n_prompts: int) -> dict:
-    from mitigate import config as C
-    from mitigate.policy import load_checkpoint
-    from mitigate.tasks import make_task
-
-    base, meta = load_checkpoint(ckpt)
-    task = make_task(C.build(C.Config, meta["config"]).task)
-    trained = [load_checkpoint(r)[0] for r in sdsd_runs]
-    prompts = task.prompts("id_test")[:n_prompts]
+    base, meta = load_policy(ckpt)
+    task = make_task(C.from_dict(meta["config"]).task)
+    if not hasattr(task, "path_table"):
+        raise C.ConfigError(f"the network probe enumerates every correct output; task '{task.name}' does not "
+                            "(it needs `path_table`)")
+    trained = [load_policy(r)[0] for r in sdsd_runs]
+    prompts = task.prompts(task.test_split)[:n_prompts]
     pred, meas, rows = [], [], []
     for q in tqdm(prompts, desc="theory probe", disable=quiet):
         r = probe_prompt(base, task, q)
@@ -96,7 +99,6 @@ def network_probe(out: Path, ckpt: str, sdsd_runs: list[str], quiet: bool, n_pro
     if meas:
         rho, pval = spearmanr(pred, meas)
         res.update(spearman_rho=float(rho), p_value=float(pval))
-        _scatter(out / "probe_tilt_vs_shift.png", pred, meas, rho)
     top = [r for r in rows if r["base_share"] == max(x["base_share"] for x in rows
                                                       if (x["start"], x["goal"]) == (r["start"], r["goal"]))]
     res["mean_predicted_log_shift_top_concept"] = float(np.mean([r["predicted_log_shift"] for r in top]))
@@ -110,26 +112,6 @@ def network_probe(out: Path, ckpt: str, sdsd_runs: list[str], quiet: bool, n_pro
                      f"{res['spearman_rho']:.3f} (p = {res['p_value']:.2g}).")
     write_text(out / "probe.md", "\n".join(lines) + "\n")
     return res
-
-
-def _scatter(path: Path, x, y, rho) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.6, 4.0))
-    ax.scatter(x, y, s=12, alpha=0.7)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel("predicted log shift of concept share (exact tilt)")
-    ax.set_ylabel("measured log shift after SDSD")
-    ax.set_title(f"Spearman rho = {rho:.2f}")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def _jsonable(x):

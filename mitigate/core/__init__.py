@@ -1,0 +1,1 @@
+"""Leaves of the package: nothing here imports from `mitigate` outside `mitigate.core`."""

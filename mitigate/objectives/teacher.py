@@ -1,0 +1,66 @@
+"""The self-distillation teacher, shared by every SDSD-family objective.
+
+The teacher is the policy conditioned on a correct demonstration y* of the same group:
+`p(. | teacher_context(x, y*), y_<t)`, always under no-grad with dropout off. Its weights are
+
+    live  the current student (the default: on-policy self-distillation)
+    ema   an exponential moving average of the student (`ema_decay`), updated after each step
+    base  the frozen initial model
+
+`demonstrations(batch, ctx, m)` draws m demonstrations per rollout from the correct rollouts of
+its group (another one when there is one; `ops.pick_demonstrations`) and returns the m teachers'
+log-probs of the rollout. Draws and log-probs are made once per step and reused across inner
+epochs, so every inner epoch distils toward the same targets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mitigate.ops import pick_demonstrations
+
+TEACHERS = ("live", "ema", "base")
+
+
+class Teacher:
+    def __init__(self, kind: str, policy, reference, ema_decay: float = 0.99):
+        if kind not in TEACHERS:
+            raise ValueError(f"unknown teacher '{kind}'; allowed: {', '.join(TEACHERS)}")
+        self.kind, self.policy, self.decay = kind, policy, ema_decay
+        self.weights = {"live": policy, "base": reference, "ema": policy.frozen_copy() if kind == "ema" else None}[kind]
+        self._cache: dict = {}
+
+    @torch.no_grad()
+    def logprobs(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, V] teacher log-probs of `tokens` after `contexts`, dropout off."""
+        model = self.weights.model
+        was = model.training
+        model.eval()
+        out = self.weights.logprobs(contexts, tokens, mask)
+        model.train(was)
+        return out
+
+    def demonstration_contexts(self, batch, ctx, demo_index: torch.Tensor) -> list[list[int]]:
+        """Teacher contexts for one column of demonstration indices (-1: the plain prompt)."""
+        out = []
+        for i, j in enumerate(demo_index.tolist()):
+            prompt = batch.prompts[int(batch.group_index[i])]
+            out.append(ctx.task.teacher_context(prompt, batch.tokens[j]) if j >= 0 else batch.contexts[i])
+        return out
+
+    def demonstrations(self, batch, ctx, m: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(demonstration indices [B, m] (-1: group has no correct rollout), m teacher log-probs
+        [B, T, V]), drawn once per step."""
+        key = (ctx.step, m)
+        if key not in self._cache:
+            self._cache = {}
+            demos = pick_demonstrations(batch.group_index, batch.correct, m, ctx.generator)
+            self._cache[key] = (demos, [self.logprobs(self.demonstration_contexts(batch, ctx, demos[:, k]),
+                                                      batch.tokens, batch.mask) for k in range(m)])
+        return self._cache[key]
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.kind == "ema":
+            for t, s in zip(self.weights.model.parameters(), self.policy.model.parameters()):
+                t.lerp_(s, 1 - self.decay)

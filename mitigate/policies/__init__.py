@@ -1,0 +1,18 @@
+"""Policies: sample, score continuations under given contexts, frozen copy, save/load. Built-ins
+register on import; see `mitigate.policies.base` for the protocol."""
+
+from mitigate.policies import tiny_gpt  # noqa: F401  (registers the built-in policy)
+from mitigate.policies.base import (
+    POLICIES,
+    CheckpointError,
+    Policy,
+    Samples,
+    build_policy,
+    checkpoint_meta,
+    load_policy,
+    register_policy,
+    resolve_checkpoint,
+)
+
+__all__ = ["POLICIES", "CheckpointError", "Policy", "Samples", "build_policy", "checkpoint_meta", "load_policy", "register_policy",
+           "resolve_checkpoint"]

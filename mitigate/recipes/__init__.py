@@ -1,0 +1,1 @@
+"""The loops: pretrain, train, evaluate, reproduce, theory. Configs are in `mitigate.config`."""

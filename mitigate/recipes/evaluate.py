@@ -1,0 +1,136 @@
+"""Evaluation: n samples per prompt on the ID split and the task's OOD splits -> pass@k,
+diversity, token entropy, with bootstrap intervals over prompts; and the demonstration-bias
+probe of a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mitigate import config as C
+from mitigate.core.io import check_not_input, write_json
+from mitigate.core.seeding import torch_stream
+from mitigate.metrics import ci_tree, ks_up_to, mean_metrics, prompt_metrics
+from mitigate.policies import load_policy, resolve_checkpoint
+from mitigate.rollout import generate
+from mitigate.tasks import make_task
+
+
+def eval_splits(task, eval_cfg) -> dict[str, str]:
+    """Result key -> task split: "id" (eval.id_split: id_val to choose settings, id_test to
+    report) and the task's own OOD splits."""
+    return {"id": eval_cfg.id_split, **task.ood_splits}
+
+
+def split_prompts(task, split: str, max_prompts: int = 0) -> list:
+    prompts = task.prompts(split)
+    return prompts[:max_prompts] if max_prompts else prompts
+
+
+def prompt_rows(policy, task, prompts, n, temperature, generator, batch_size, desc="eval", quiet=True) -> list[dict]:
+    """Per-prompt metrics of n samples each (pass@k, diversity, token entropy)."""
+    r = generate(policy, task, prompts, n, temperature, generator, batch_size, desc, quiet)
+    tokens, ent = r.tokens.numpy(), r.token_entropy.numpy()
+    ks = ks_up_to(n)
+    rows = []
+    for i in range(len(prompts)):
+        sl = r.rows(i)
+        outputs = [tuple(x) for x in tokens[sl].tolist()]
+        row = prompt_metrics(r.correct[sl], outputs, r.labels[sl], ks)
+        row["token_entropy"] = float(ent[sl].mean())
+        rows.append(row)
+    return rows
+
+
+def evaluate_rows(policy, task, eval_cfg, generator, quiet: bool = True) -> dict[str, list[dict]]:
+    """{result key: per-prompt rows} over the ID split and every OOD split, one generator in turn."""
+    out = {}
+    for key, split in eval_splits(task, eval_cfg).items():
+        prompts = split_prompts(task, split, eval_cfg.max_prompts)
+        out[key] = prompt_rows(policy, task, prompts, eval_cfg.samples, eval_cfg.temperature, generator,
+                               eval_cfg.batch_size, desc=f"eval {split}", quiet=quiet)
+    return out
+
+
+def evaluate(policy, task, eval_cfg, seed: int, quiet: bool = False) -> dict:
+    """The eval JSON: {"id": {...}, "ood": {split: {...}}, "ci95": {...}} with means over prompts."""
+    rows = evaluate_rows(policy, task, eval_cfg, torch_stream(seed, "eval"), quiet)
+    res = {k: dict(mean_metrics(v), n_prompts=len(v)) for k, v in rows.items()}
+    ci = {k: ci_tree(v) for k, v in rows.items()}
+    ood = [k for k in rows if k != "id"]
+    return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split,
+            "id": res["id"], "ood": {k: res[k] for k in ood},
+            "ci95": {"id": ci["id"], "ood": {k: ci[k] for k in ood}}}
+
+
+@torch.no_grad()
+def demonstration_bias(policy, task, prompts, n_demos: int = 4, n: int = 64, temperature: float = 1.0,
+                       seed: int = 0, batch_size: int = 4096, quiet: bool = True) -> dict:
+    """How strongly a correct demonstration in context pulls samples to its label (concept).
+
+    For each prompt, draw up to n_demos of the model's own correct samples as demonstrations y*;
+    sample n continuations with and without y* in the teacher context; report the probability
+    that a sample is correct and shares y*'s label in both cases, averaged over demos and prompts,
+    and the teacher's accuracy P(correct | x, y*) next to the plain model's P(correct | x): the
+    headroom a self-distillation teacher can give its student.
+    """
+    gen = torch_stream(seed, "eval")
+    plain = generate(policy, task, prompts, n, temperature, gen, batch_size, "demo-bias plain", quiet)
+    tokens, correct, labels = plain.tokens.numpy(), plain.correct, plain.labels
+    rng = np.random.default_rng(seed)
+    contexts, owners, demo_labels = [], [], []
+    for i, q in enumerate(prompts):
+        good = np.flatnonzero(correct[i * n:(i + 1) * n]) + i * n
+        for j in rng.choice(good, size=min(n_demos, len(good)), replace=False) if len(good) else []:
+            contexts += [task.teacher_context(q, tokens[j])] * n
+            owners.append(i)
+            demo_labels.append(labels[j])
+    if not contexts:  # no correct sample anywhere: nothing to demonstrate
+        return {"share_with_demo": float("nan"), "share_without_demo": float("nan"), "lift": float("nan"),
+                "pass_at_1_with_demo": float("nan"), "pass_at_1_without_demo": float("nan"),
+                "n_prompts": 0, "n_demos": n_demos, "samples": n}
+    s = policy.sample(contexts, task.max_new_tokens, temperature, gen, batch_size)
+    reps = [prompts[o] for o in owners for _ in range(n)]
+    t_correct, t_labels = task.verify(reps, s.tokens.numpy())
+    with_demo, without = [], []
+    for k, (o, c) in enumerate(zip(owners, demo_labels)):
+        with_demo.append(np.mean(t_labels[k * n:(k + 1) * n] == c))
+        without.append(np.mean(labels[o * n:(o + 1) * n] == c))
+    per_prompt = {}
+    for o, w, wo in zip(owners, with_demo, without):
+        per_prompt.setdefault(o, []).append(w - wo)
+    lift = [np.mean(v) for v in per_prompt.values()]
+    return {"share_with_demo": float(np.mean(with_demo)), "share_without_demo": float(np.mean(without)),
+            "lift": float(np.mean(lift)),
+            "pass_at_1_with_demo": float(np.mean(t_correct)),
+            "pass_at_1_without_demo": float(np.mean([correct[o * n:(o + 1) * n].mean() for o in owners])),
+            "n_prompts": len(per_prompt), "n_demos": n_demos, "samples": n}
+
+
+def evaluate_checkpoint(ckpt, out: str | Path | None = None, overrides=(), seed: int = 0, demo_bias: bool = False,
+                        quiet: bool = False, overwrite: bool = False) -> dict:
+    """`mitigate eval`: the checkpoint's own resolved config (task, eval) plus overrides. With
+    `out`, the result is also written there as JSON (never over an existing file without
+    `overwrite`, never inside the checkpoint folder)."""
+    folder = resolve_checkpoint(ckpt)
+    if out is not None:
+        out = Path(out)
+        check_not_input(out, [folder])
+        if out.exists() and (out.is_dir() or not overwrite):
+            kind = "a folder" if out.is_dir() else "a file"
+            raise C.ConfigError(f"output '{out}' already exists ({kind}); pass --overwrite to replace a file, "
+                                "or pick another path")
+    policy, meta = load_policy(folder)
+    cfg = C.from_dict(meta["config"], overrides)
+    task = make_task(cfg.task)
+    res = {"method": meta.get("method"), "checkpoint": str(ckpt), "seed": seed,
+           **evaluate(policy, task, cfg.eval, seed, quiet)}
+    if demo_bias:
+        res["demo_bias"] = demonstration_bias(policy, task, split_prompts(task, cfg.eval.id_split,
+                                                                           cfg.eval.max_prompts),
+                                              seed=seed, batch_size=cfg.eval.batch_size, quiet=quiet)
+    if out is not None:
+        write_json(out, res)
+    return res

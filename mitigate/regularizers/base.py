@@ -1,0 +1,11 @@
+"""The regularizer registry. A regularizer has the objective's signature,
+`(batch, ctx, cfg) -> (loss, scalars)`; its config has a `coef` and the loop adds `coef * loss`
+to the objective. Scalars are logged as `<name>/<key>`. A term with per-run state is a class
+(instantiated once per run, then called like a function); see `mitigate.regularizers.ot`."""
+
+from __future__ import annotations
+
+from mitigate.core.registry import Registry
+
+REGULARIZERS = Registry("regularizer")
+register_regularizer = REGULARIZERS.register
