@@ -96,7 +96,8 @@ class EvalConfig(Section):
     temperature: float = opt(1.0, "sampling temperature at evaluation", min=1e-3)
     batch_size: int = opt(4096, "sequences sampled per forward batch", min=1)
     max_prompts: int = opt(64, "cap on prompts per split (0 = all)", min=0)
-    id_split: str = opt("id_test", "ID split evaluated (id_val to choose settings, id_test to report)",
+    id_split: str = opt("id_test", "ID split evaluated: the task's test split (id_test, to report) or its "
+                                   "validation split (id_val, to choose settings)",
                         choices=("id_test", "id_val"))
 
 
@@ -145,19 +146,26 @@ def read_yaml(path: str | Path) -> dict:
 
 def merge(base: dict, extra: dict) -> dict:
     """The one override rule: `extra` over `base`, recursively for mappings; lists and scalars are
-    replaced. Dotted keys (`train.lr`) address nested mappings. A registered section whose `name`
-    changes is replaced whole: its fields belong to the other entry."""
+    replaced. A registered section whose `name` changes is replaced whole: its fields belong to
+    the other entry."""
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(key, str) and "." in key:
-            head, rest = key.split(".", 1)
-            value, key = {rest: value}, head
         old = out.get(key)
         if isinstance(value, dict) and isinstance(old, dict):
             renamed = "name" in value and "name" in old and value["name"] != old["name"]
             out[key] = dict(value) if renamed else merge(old, value)
         else:
             out[key] = value
+    return out
+
+
+def nest(dotted: dict) -> dict:
+    """{"train.lr": 1e-4} -> {"train": {"lr": 1e-4}}: the keys of an override entry are paths."""
+    out: dict = {}
+    for key, value in dotted.items():
+        for part in reversed(str(key).split(".")[1:]):
+            value = {part: value}
+        out = merge(out, {str(key).split(".")[0]: value})
     return out
 
 
@@ -170,7 +178,7 @@ def apply_override(data: dict, assignment: str) -> dict:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise ConfigError(f"override {assignment!r}: value is not valid YAML: {e}") from e
-    return merge(data, {key.strip(): value})
+    return merge(data, nest({key.strip(): value}))
 
 
 def load(config: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()) -> Config:
@@ -201,8 +209,9 @@ def from_dict(data: dict, overrides: list[str] = ()) -> Config:
 
 
 def with_overrides(cfg: Config, entry: dict) -> Config:
-    """`cfg` with a mapping merged over it (a method's entry in `reproduce.method_configs`)."""
-    return build(Config, merge(to_dict(cfg), entry))
+    """`cfg` with an override entry merged over it (a method's entry in `reproduce.method_configs`,
+    whose keys are dotted paths: `{train.objective: {...}}`)."""
+    return build(Config, merge(to_dict(cfg), nest(entry)))
 
 
 def dump(cfg: Config) -> str:

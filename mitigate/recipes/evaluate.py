@@ -18,10 +18,14 @@ from mitigate.rollout import generate
 from mitigate.tasks import make_task
 
 
+def id_split(task, eval_cfg) -> str:
+    """The task's split for `eval.id_split`: the role `id_test` (report) or `id_val` (choose settings)."""
+    return {"id_test": task.test_split, "id_val": task.val_split}[eval_cfg.id_split]
+
+
 def eval_splits(task, eval_cfg) -> dict[str, str]:
-    """Result key -> task split: "id" (eval.id_split: id_val to choose settings, id_test to
-    report) and the task's own OOD splits."""
-    return {"id": eval_cfg.id_split, **task.ood_splits}
+    """Result key -> task split: "id" (see `id_split`) and the task's own OOD splits."""
+    return {"id": id_split(task, eval_cfg), **task.ood_splits}
 
 
 def split_prompts(task, split: str, max_prompts: int = 0) -> list:
@@ -128,7 +132,7 @@ def evaluate_checkpoint(ckpt, out: str | Path | None = None, overrides=(), seed:
     res = {"method": meta.get("method"), "checkpoint": str(ckpt), "seed": seed,
            **evaluate(policy, task, cfg.eval, seed, quiet)}
     if demo_bias:
-        res["demo_bias"] = demonstration_bias(policy, task, split_prompts(task, cfg.eval.id_split,
+        res["demo_bias"] = demonstration_bias(policy, task, split_prompts(task, id_split(task, cfg.eval),
                                                                            cfg.eval.max_prompts),
                                               seed=seed, batch_size=cfg.eval.batch_size, quiet=quiet)
     if out is not None:

@@ -17,7 +17,7 @@ from mitigate.metrics.ranking import rank_methods
 from mitigate.objectives import OBJECTIVES
 from mitigate.policies import load_policy, resolve_checkpoint
 from mitigate.recipes.common import same_task
-from mitigate.recipes.evaluate import demonstration_bias, evaluate_rows, split_prompts
+from mitigate.recipes.evaluate import demonstration_bias, evaluate_rows, id_split, split_prompts
 from mitigate.recipes.pretrain import pretrain
 from mitigate.recipes.train import train
 from mitigate.report import SCALARS, write_report
@@ -97,7 +97,8 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
         if "base" in methods:  # a sweep on a shared base may leave it out of its table
             rows["base"] = {cfg.seed: evaluate_rows(base_policy, task, cfg.eval,
                                                     torch_stream(cfg.seed, "eval_trained"), quiet)}
-            bias = demonstration_bias(base_policy, task, split_prompts(task, cfg.eval.id_split, cfg.eval.max_prompts),
+            prompts = split_prompts(task, id_split(task, cfg.eval), cfg.eval.max_prompts)
+            bias = demonstration_bias(base_policy, task, prompts,
                                       seed=cfg.seed, batch_size=cfg.eval.batch_size, quiet=True)
         bar.update(1)
         # ---- every method x seed: train from the base, evaluate on the same prompts

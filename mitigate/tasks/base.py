@@ -50,7 +50,7 @@ class Task(Protocol):
     train_split: str  # post-training prompts
     val_split: str  # model selection (and the training probe)
     test_split: str  # ID evaluation
-    ood_splits: dict[str, str]  # result key -> split, e.g. {"rare": "ood_rare"}: named by what they test
+    ood_splits: dict[str, str]  # result key -> split, named by what it tests (e.g. {"unseen": "ood_unseen"})
 
     def prompts(self, split: str) -> list:
         """The prompts of a split, in a fixed order."""

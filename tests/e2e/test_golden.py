@@ -1,0 +1,67 @@
+"""Same numbers: `mitigate reproduce --preset smoke` gives the summary.json recorded in
+tests/fixtures/smoke_summary_reference.json (all fields but wall time).
+
+The reference was written by the revision before the restructure (bea866a) with the smoke preset
+extended to every method of the default comparison and two seeds, under one torch thread as in
+this suite. A change that is meant to move the numbers regenerates it and says why in its commit:
+
+    python tests/e2e/test_golden.py --regenerate
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "smoke_summary_reference.json"
+IGNORED = {"wall_seconds"}
+
+
+def differences(a, b, path="") -> list[str]:
+    """Every leaf where a and b differ (NaN equals NaN; floats must be identical)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}.{k}: only in one" for k in set(a) ^ set(b)]
+        for k in sorted(set(a) & set(b)):
+            out += differences(a[k], b[k], f"{path}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} vs {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return []
+    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
+def reproduce_smoke(out: Path) -> dict:
+    from mitigate import cli
+
+    assert cli.main(["reproduce", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k not in IGNORED}
+
+
+def test_differences_sees_a_changed_float():
+    assert differences({"a": [1.0, float("nan")]}, {"a": [1.0, float("nan")]}) == []
+    assert differences({"a": [1.0]}, {"a": [1.0 + 1e-15]}) == [".a[0]: 1.0 vs 1.000000000000001"]
+
+
+def test_smoke_summary_is_identical_to_the_reference(tmp_path):
+    reference = {k: v for k, v in json.loads(REFERENCE.read_text()).items() if k not in IGNORED}
+    got = reproduce_smoke(tmp_path / "smoke")
+    diff = differences(reference, got)
+    assert diff == [], "\n".join(diff[:20])
+
+
+if __name__ == "__main__" and "--regenerate" in sys.argv:
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as d:
+        reproduce_smoke(Path(d) / "smoke")
+        REFERENCE.write_text((Path(d) / "smoke" / "summary.json").read_text())
+    print(f"wrote {REFERENCE}")
