@@ -49,4 +49,8 @@ def load_entry_points() -> None:
         return
     _loaded_entry_points = True
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+        try:
+            ep.load()
+        except ImportError as e:
+            raise ConfigError(f"plugin '{ep.name}' ({ep.value}) of the {ENTRY_POINT_GROUP} entry points does not "
+                              f"import: {e}") from e

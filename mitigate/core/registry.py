@@ -30,6 +30,10 @@ class Entry:
     config: type | None  # dataclass of the config section (None: takes no settings)
 
 
+def _origin(target) -> str:
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', '?')}"
+
+
 class Registry:
     def __init__(self, kind: str):
         self.kind = kind
@@ -40,8 +44,9 @@ class Registry:
 
         def deco(target):
             old = self._entries.get(name)
-            if old is not None and getattr(old.target, "__qualname__", None) != getattr(target, "__qualname__", None):
-                raise ValueError(f"{self.kind} '{name}' is already registered (by {old.target.__module__})")
+            if old is not None and _origin(old.target) != _origin(target):  # re-importing one module is fine
+                raise ValueError(f"{self.kind} '{name}' is already registered by {_origin(old.target)}; "
+                                 f"{_origin(target)} must pick another name")
             self._entries[name] = Entry(name, target, config)
             return target
 

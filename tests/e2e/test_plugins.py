@@ -41,10 +41,10 @@ def length(batch, ctx, cfg):
 '''
 
 
-@pytest.mark.parametrize("policy", ["tiny_gpt", "bigram"])
+@pytest.mark.parametrize("policy", ["tiny_gpt", "toy_bigram"])
 def test_toy_task_and_policy_pretrain_train_and_eval_through_the_cli(tmp_path, policy):
     model = ["--set", f"model={{name: {policy}}}"]
-    if policy == "bigram":  # a table of logits learns fast at a large step size
+    if policy == "toy_bigram":  # a table of logits learns fast at a large step size
         model += ["--set", "pretrain.lr=0.3", "--set", "pretrain.steps=60"]
     base, run = tmp_path / "base", tmp_path / "run"
     assert cli.main(["pretrain", *TOY, *model, "--out", str(base)]) == 0
@@ -65,7 +65,7 @@ def test_toy_task_and_policy_pretrain_train_and_eval_through_the_cli(tmp_path, p
     assert res["id"]["n_prompts"] == 6 and res["ood"]["late"]["n_prompts"] == 2
     pk = res["id"]["pass_at_k"]
     assert list(pk) == ["1", "2", "4", "8"] and 0.0 <= pk["1"] <= pk["8"] <= 1.0
-    if policy == "bigram":  # pretraining learnt the toy task
+    if policy == "toy_bigram":  # pretraining learnt the toy task
         assert pk["1"] > 0.5, res["id"]
 
 

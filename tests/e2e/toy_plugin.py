@@ -4,7 +4,7 @@ import (`mitigate ... --import tests/e2e/toy_plugin.py`). Nothing under mitigate
 Task `toy`: the prompt is a number x; a correct answer is one number y with (y - x) mod K in
 {1, 2, 3}, followed by the end token; its label (the "strategy") is (y - x) mod K. Prompt numbers
 and answer numbers are different tokens, so that even a bigram model can learn the task.
-Policy `bigram`: next-token logits from a table indexed by the previous token.
+Policy `toy_bigram`: next-token logits from a table indexed by the previous token.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class ToyTask:
 
 @dataclass
 class BigramConfig(Section):
-    name: str = opt("bigram", "registered policy name")
+    name: str = opt("toy_bigram", "registered policy name")
     init_scale: float = opt(0.01, "std of the initial logits", min=0.0)
 
 
@@ -98,7 +98,7 @@ class BigramModel(torch.nn.Module):
         self.table = torch.nn.Parameter(init_scale * torch.randn(vocab, vocab))
 
 
-@register_policy("bigram", BigramConfig)
+@register_policy("toy_bigram", BigramConfig)
 class Bigram:
     def __init__(self, model: BigramModel, eos: int, pad: int):
         self.model = self.wrapped = model
@@ -158,6 +158,6 @@ class Bigram:
     def save(self, folder, meta):
         with atomic_dir(folder) as tmp:
             save_file({"table": self.model.table.detach().contiguous().cpu()}, tmp / "bigram.safetensors")
-            (tmp / "mitigate.json").write_text(json.dumps({"policy": "bigram", "eos": self.eos, "pad": self.pad,
+            (tmp / "mitigate.json").write_text(json.dumps({"policy": "toy_bigram", "eos": self.eos, "pad": self.pad,
                                                            **meta}))
         return Path(folder)
