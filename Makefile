@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= default
 OUT    ?= runs/reproduce-$(PRESET)
 
-.PHONY: test reproduce test-all bench clean
+.PHONY: test reproduce figures test-all bench clean
 
 # torch==2.13.0 first: on these machines it resolves to the local CPU wheel, and installing it
 # before the package means no dependency range can pull a multi-GB CUDA build afterwards.
@@ -23,8 +23,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
+# the library writes summary.json/.md; analysis/ draws the figures from them
 reproduce: $(STAMP)
 	$(VENV)/bin/mitigate reproduce --preset $(PRESET) --out $(OUT)
+	$(PY) -m analysis figures $(OUT)
+
+figures: $(STAMP)
+	$(PY) -m analysis figures $(OUT)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sampling.py

@@ -112,11 +112,18 @@ class Section:
             if name.startswith("_"):
                 return object.__setattr__(self, name, value)
             raise ConfigError(f"unknown config key '{where}';{suggest(name, list(fields))}")
-        object.__setattr__(self, name, validate_field(type(self), fields[name], value, where))
+        value = validate_field(type(self), fields[name], value, where)
+        missing = object()
+        old = self.__dict__.get(name, missing)
+        object.__setattr__(self, name, value)
         if getattr(self, "_ready", False) and hasattr(self, "validate"):
             try:
                 self.validate()
-            except ValueError as e:
+            except ValueError as e:  # keep the section valid: undo, then report
+                if old is missing:
+                    object.__delattr__(self, name)
+                else:
+                    object.__setattr__(self, name, old)
                 raise ConfigError(str(e)) from e
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 The probe enumerates every valid path y of selected ID prompts, computes the exact sequence
 probabilities p(y|x) and p(y|x, y*) under the base model for every demonstration y* among those
-paths, and from them the SDSD tilt (DESIGN.md section 1):
+paths, and from them the SDSD tilt (docs/design.md, the science):
 
     E_{y*}[pcmi(y; y*|x)] = sum_{y*} d(y*) [log p(y|x,y*) - log p(y|x)],  d(y*) ∝ p(y*|x) on correct y*
     p_SD(y) ∝ p(y|x) exp(E_{y*}[pcmi])                                    (mitigate.theory.sdsd_optimum)

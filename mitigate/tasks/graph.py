@@ -1,4 +1,4 @@
-"""The controlled graph path-finding task (DESIGN.md section 2).
+"""The controlled graph path-finding task (docs/design.md, the controlled task).
 
 A layered directed graph: start layer -> K communities ("concepts") -> goal layer. Each community
 has entry, middle and exit nodes wired sparsely inside (several internal routes = functional

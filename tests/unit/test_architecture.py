@@ -151,3 +151,27 @@ def test_the_smoke_preset_runs_the_whole_default_comparison():
     assert smoke.reproduce.methods == default.reproduce.methods
     assert smoke.reproduce.method_configs == default.reproduce.method_configs
     assert len(smoke.reproduce.seeds) == 2
+
+
+def layout_paths(doc: Path, heading: str | None) -> list[str]:
+    """First word of each line of the ```text block (after `heading`, if given) of a document."""
+    text = doc.read_text()
+    if heading:
+        text = text[text.index(heading):]
+    block = text[text.index("```text") + len("```text"):]
+    block = block[: block.index("```")]
+    return [line.split()[0] for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("doc,heading", [("README.md", "## Layout"), ("docs/design.md", None)])
+def test_layout_pictures_name_only_paths_that_exist(doc, heading):
+    paths = layout_paths(ROOT / doc, heading)
+    assert len(paths) >= 15, paths
+    missing = [p for p in paths if not (ROOT / p.rstrip("/")).exists()]
+    assert missing == [], missing
+
+
+def test_the_readme_layout_covers_every_package_folder():
+    named = set(layout_paths(ROOT / "README.md", "## Layout"))
+    folders = {f"mitigate/{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__")}
+    assert folders <= named, folders - named
