@@ -1,7 +1,7 @@
-"""Sampler throughput: `mitigate.policy.sample` vs Hugging Face `model.generate`, and vs fp32 peak.
+"""Sampler throughput: `mitigate.policies.tiny_gpt.sample` vs Hugging Face `model.generate`, and vs fp32 peak.
 
 What is measured, all in one process so that load from other jobs hits every number alike:
-  * sequences/s of `mitigate.policy.sample` and of `model.generate(do_sample=True, top_k=0,
+  * sequences/s of `mitigate.policies.tiny_gpt.sample` and of `model.generate(do_sample=True, top_k=0,
     use_cache=True)` on the same model, the same batch of contexts (same lengths, same left
     padding), the same temperature and max_new_tokens. Both stop once every row has emitted EOS
     (generate through `eos_token_id`); the `steps` columns show how many tokens each ran.
@@ -45,10 +45,11 @@ import torch
 import transformers
 from tqdm import tqdm
 
-from mitigate.config import ModelConfig, TrainConfig
-from mitigate.policy import build_model, left_pad, load_checkpoint, n_params, sample
-from mitigate.tasks import GraphParams, make_task
-from mitigate.tasks.graph import EOS, PAD
+from mitigate.config import TrainConfig
+from mitigate.policies import resolve_checkpoint
+from mitigate.policies.tiny_gpt import TinyGPTConfig, build_model, left_pad, load_model, n_params, sample
+from mitigate.tasks import make_task
+from mitigate.tasks.graph import EOS, PAD, GraphParams
 
 
 def timed(fn):
@@ -70,7 +71,7 @@ def bench_batch(model, contexts, T: int, temperature: float, repeats: int, x: to
     """Interleaved rounds of sampler / generate / matmul on one batch; medians and ratios."""
     B, mm_n = len(contexts), x.shape[0]
     n_distinct, ctx_len = len({tuple(c) for c in contexts}), max(len(c) for c in contexts)
-    ids, mask = left_pad(contexts, "cpu")
+    ids, mask = left_pad(contexts, "cpu", PAD)
     gen = torch.Generator().manual_seed(0)
     run = {
         "sampler": lambda: sample(model, contexts, T, temperature, gen, batch_size=B),
@@ -130,9 +131,9 @@ def main() -> None:
 
     task = make_task(GraphParams())
     if a.checkpoint:
-        model, _ = load_checkpoint(a.checkpoint)
+        model = load_model(resolve_checkpoint(a.checkpoint))
     else:
-        model = build_model(ModelConfig(), task.vocab_size)
+        model = build_model(TinyGPTConfig(), task.vocab)
     model.eval()
     prompts, T = task.prompts("id_train"), task.max_new_tokens
     x = torch.randn(mm_n, mm_n)

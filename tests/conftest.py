@@ -32,7 +32,7 @@ def smoke_task(smoke_cfg):
 @pytest.fixture(scope="session")
 def smoke_base(tmp_path_factory, smoke_cfg):
     """Run folder of the smoke base model (pretrained once; treat as read-only)."""
-    from mitigate.pretrain import pretrain
+    from mitigate.recipes.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("smoke") / "base"
     pretrain(smoke_cfg, out, quiet=True)
@@ -41,8 +41,8 @@ def smoke_base(tmp_path_factory, smoke_cfg):
 
 @pytest.fixture(scope="session")
 def smoke_model(smoke_base):
-    """The smoke base model in eval mode (shared: do not train it in place)."""
-    from mitigate.policy import load_checkpoint
+    """The smoke base model (the policy's GPT-2 module) in eval mode (shared: do not train it in place)."""
+    from mitigate.policies import load_policy
 
-    model, _ = load_checkpoint(smoke_base)
-    return model
+    policy, _ = load_policy(smoke_base)
+    return policy.model

@@ -38,10 +38,10 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | N
     return field(default=default, metadata=meta)
 
 
-def suggest(key: str, allowed: list[str]) -> str:
-    """' did you mean X? allowed: a, b, c' for error messages."""
+def suggest(key: str, allowed: list[str], where: str = "") -> str:
+    """' did you mean X? allowed: a, b, c' for error messages (X as the dotted path under `where`)."""
     close = difflib.get_close_matches(str(key), allowed, n=1)
-    hint = f" did you mean '{close[0]}'?" if close else ""
+    hint = f" did you mean '{join(where, close[0])}'?" if close else ""
     return f"{hint} allowed: {', '.join(sorted(allowed))}"
 
 
@@ -164,7 +164,7 @@ def build(cls: type, data: dict | None, where: str = "") -> Any:
     fields = _fields(cls)
     for key in data:
         if key not in fields:
-            raise ConfigError(f"unknown config key '{join(where, key)}';{suggest(key, list(fields))}"
+            raise ConfigError(f"unknown config key '{join(where, key)}';{suggest(key, list(fields), where)}"
                               f" (in '{where or 'config'}')")
     kwargs = {}
     for name, f in fields.items():

@@ -2,8 +2,8 @@
 
 For each rollout y of prompt x, a correct rollout y* of the same group (another one when there is
 one) is the demonstration; the teacher is the model itself under no-grad, conditioned on it in
-the task's demonstration format (`mitigate.objectives.teacher`). The student minimises the token-level divergence to it at every
-position of its own rollout, over the full vocabulary:
+the task's demonstration format (`mitigate.objectives.teacher`). The student minimises the
+token-level divergence to it at every position of its own rollout, over the full vocabulary:
 
     L = agg_t D( pi(. | x, y_<t) || pi_teacher(. | x, y*, y_<t) )       (D = reverse KL by default)
 

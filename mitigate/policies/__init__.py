@@ -14,5 +14,5 @@ from mitigate.policies.base import (
     resolve_checkpoint,
 )
 
-__all__ = ["POLICIES", "CheckpointError", "Policy", "Samples", "build_policy", "checkpoint_meta", "load_policy", "register_policy",
-           "resolve_checkpoint"]
+__all__ = ["POLICIES", "CheckpointError", "Policy", "Samples", "build_policy", "checkpoint_meta", "load_policy",
+           "register_policy", "resolve_checkpoint"]

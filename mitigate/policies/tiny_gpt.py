@@ -8,12 +8,14 @@ model's own config, so a checkpoint loads without its task."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.cache_utils import DynamicCache
+from transformers.utils import logging as hf_logging
 
 from mitigate.core.fields import Section, opt
 from mitigate.core.io import atomic_dir
@@ -151,7 +153,8 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: torch
     `cont_mask` [B, T] marking real positions. Returns [B, T, V] float32 (grad flows if enabled).
     """
     device = next(model.parameters()).device
-    ctx, ctx_mask = left_pad(contexts, device, model.config.pad_token_id)
+    pad = getattr(model, "module", model).config.pad_token_id  # `model` may be wrapped in DDP (TinyGPT.wrapped)
+    ctx, ctx_mask = left_pad(contexts, device, pad)
     cont = continuations.to(device)
     ids = torch.cat([ctx, cont], 1)
     mask = torch.cat([ctx_mask, cont_mask.to(device).long()], 1)
@@ -170,9 +173,22 @@ def sequence_logprob(model, contexts, continuations, cont_mask) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- checkpoints
 
+@contextmanager
+def _no_progress_bars():
+    """transformers' own bars (loading, writing shards) are noise for a model this small, and
+    would break `quiet=True` in the Python API (the CLI turns them off once for the process)."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_checkpoint(model, directory: str | Path, meta: dict) -> Path:
     """Atomically write `config.json`, `model.safetensors` and `mitigate.json` (task + config)."""
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory) as tmp, _no_progress_bars():
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         for f in list(tmp.iterdir()):  # only the files we document
@@ -186,7 +202,8 @@ def load_model(folder: str | Path, device="cpu") -> GPT2LMHeadModel:
     missing = [f for f in CHECKPOINT_FILES if not (folder / f).is_file()]
     if missing:
         raise CheckpointError(f"incomplete tiny_gpt checkpoint '{folder}': missing {', '.join(missing)}")
-    model = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device)
+    with _no_progress_bars():
+        model = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device)
     return model.eval()
 
 

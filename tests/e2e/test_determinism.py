@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from mitigate import cli
 from mitigate import config as C
-from mitigate.train import train
+from mitigate.recipes.train import train
 
 
 def weights(run) -> dict:

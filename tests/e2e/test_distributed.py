@@ -21,25 +21,34 @@ def _worker(init: str, out: str, overrides: list, record: str) -> None:
     from accelerate.state import AcceleratorState, PartialState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the fork inherits the parent's singleton
-    import mitigate.train as T
+    import mitigate.recipes.train as T
     from mitigate import config as C
+    from mitigate.objectives.teacher import Teacher
 
     final: dict = {}
-    original = T.Teacher.after_step
+    original = Teacher.after_step
 
     def after_step(self):  # called on every process after every optimizer step
         original(self)
-        final["weights"] = _state(self.student)
+        final["weights"] = _state(self.policy.model)
         final["steps"] = final.get("steps", 0) + 1
 
-    T.Teacher.after_step = after_step
-    sample, seen = T.sample, []
+    Teacher.after_step = after_step
+    generate, probe, seen, probing = T.generate, T.probe, [], []
 
-    def recording_sample(model, contexts, *a, **k):  # the loop's rollouts: this process's prompt shard
-        seen.extend(tuple(c) for c in contexts)
-        return sample(model, contexts, *a, **k)
+    def recording_generate(policy, task, prompts, n, *a, **k):  # the loop's rollouts: this process's prompt shard
+        if not probing:  # the periodic probe (main process only) samples validation prompts
+            seen.extend(tuple(q.tokens) for q in prompts for _ in range(n))
+        return generate(policy, task, prompts, n, *a, **k)
 
-    T.sample = recording_sample
+    def flagged_probe(*a, **k):
+        probing.append(True)
+        try:
+            return probe(*a, **k)
+        finally:
+            probing.pop()
+
+    T.generate, T.probe = recording_generate, flagged_probe
     cfg = C.load(preset="smoke", overrides=[*overrides, "train.lr=3e-3", "train.prompts_per_step=4",
                                             "train.steps=2"])
     T.train(cfg, init, out, quiet=True)

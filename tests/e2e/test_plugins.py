@@ -37,7 +37,8 @@ def length(batch, ctx, cfg):
     """Penalise long rollouts (a score-function term on each rollout's length)."""
     CALLS.append(len(batch.tokens))
     n = batch.mask.sum(1)
-    return aggregate((n - n.mean())[:, None] * batch.token_logprobs(), batch.mask, "token_mean"), {"len": float(n.mean())}
+    loss = aggregate((n - n.mean())[:, None] * batch.token_logprobs(), batch.mask, "token_mean")
+    return loss, {"len": float(n.mean())}
 '''
 
 

@@ -7,8 +7,12 @@ import os
 
 import pytest
 
-from mitigate import cli, registry
+from mitigate import cli
 from mitigate import config as C
+from mitigate.core.io import MARKER
+from mitigate.objectives import OBJECTIVES
+from mitigate.policies.base import META_FILE
+from mitigate.regularizers import REGULARIZERS
 
 
 def run_err(capsys, argv: list[str]) -> str:
@@ -87,7 +91,7 @@ def test_out_of_range(capsys, tmp_path, assignment, key):
 
 
 def test_negative_regularizer_coefficient(capsys, tmp_path):
-    assert "entropy" in registry.names("regularizer")
+    assert "entropy" in REGULARIZERS.names()
     err = run_err(capsys, pretrain_args(tmp_path / "out", "train.regularizers=[{name: entropy, coef: -1}]"))
     assert "'train.regularizers[0].coef' must be >= 0" in err
     assert_nothing_written(tmp_path)
@@ -107,7 +111,7 @@ def test_unknown_objective_lists_registered(capsys, tmp_path):
     err = run_err(capsys, pretrain_args(tmp_path / "out", "train.objective.name=sdsd_marginl"))
     assert "unknown objective 'sdsd_marginl'" in err
     assert "did you mean 'sdsd_marginal'" in err
-    names = registry.names("objective")
+    names = OBJECTIVES.names()
     assert {"grpo", "sdsd", "sdsd_cmi", "sdsd_marginal"} <= set(names)
     assert "registered: " + ", ".join(names) in err
     assert_nothing_written(tmp_path)
@@ -116,7 +120,7 @@ def test_unknown_objective_lists_registered(capsys, tmp_path):
 def test_unknown_regularizer_lists_registered(capsys, tmp_path):
     err = run_err(capsys, pretrain_args(tmp_path / "out", "train.regularizers=[{name: entropi}]"))
     assert "unknown regularizer 'entropi'" in err and "did you mean 'entropy'" in err
-    assert "registered: " + ", ".join(registry.names("regularizer")) in err
+    assert "registered: " + ", ".join(REGULARIZERS.names()) in err
     assert_nothing_written(tmp_path)
 
 
@@ -144,7 +148,7 @@ def test_unknown_reproduce_method(capsys, tmp_path):
     err = run_err(capsys, ["reproduce", "--preset", "smoke", "--out", str(tmp_path / "out"), "--quiet",
                            "--set", "reproduce.methods=[base, grpo, sdsdd]"])
     assert "unknown method 'sdsdd'" in err
-    for name in ["base", *registry.names("objective")]:
+    for name in ["base", *OBJECTIVES.names()]:
         assert name in err
     assert_nothing_written(tmp_path)
 
@@ -165,6 +169,12 @@ def test_eval_missing_checkpoint(capsys, tmp_path):
 
 def test_folder_without_checkpoint(capsys, tmp_path):
     (tmp_path / "run").mkdir()
+    err = run_err(capsys, ["train", "--preset", "smoke", "--init", str(tmp_path / "run"),
+                           "--out", str(tmp_path / "out")])
+    assert META_FILE in err and str(tmp_path / "run") in err
+    assert os.listdir(tmp_path) == ["run"]
+    # a checkpoint record without the weights: the message names the missing weights file
+    (tmp_path / "run" / META_FILE).write_text('{"policy": "tiny_gpt"}')
     err = run_err(capsys, ["train", "--preset", "smoke", "--init", str(tmp_path / "run"),
                            "--out", str(tmp_path / "out")])
     assert "model.safetensors" in err and str(tmp_path / "run") in err
@@ -204,6 +214,7 @@ def test_existing_out_needs_overwrite(capsys, smoke_base, tmp_path, command):
 def test_overwrite_replaces(capsys, smoke_base, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    (out / MARKER).write_text("")  # a folder mitigate created: the only kind --overwrite replaces
     (out / "keep.txt").write_text("old")
     rc = cli.main(["train", "--preset", "smoke", "--init", str(smoke_base), "--out", str(out), "--quiet",
                    "--overwrite"])
@@ -214,12 +225,12 @@ def test_overwrite_replaces(capsys, smoke_base, tmp_path):
 
 
 def test_failure_mid_run_leaves_nothing(monkeypatch, tmp_path):
-    import mitigate.pretrain
+    import mitigate.policies.tiny_gpt
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(mitigate.pretrain, "save_checkpoint", boom)
+    monkeypatch.setattr(mitigate.policies.tiny_gpt, "save_checkpoint", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         cli.main(pretrain_args(tmp_path / "out", "pretrain.steps=2"))
     assert_nothing_written(tmp_path)

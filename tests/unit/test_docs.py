@@ -10,9 +10,10 @@ import re
 import runpy
 import shlex
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
+
+import tomllib
 
 from mitigate import cli, plugins
 
@@ -76,7 +77,8 @@ def entry_points(pyproject: dict, folder: Path, monkeypatch) -> None:
         "LOADED = True\n")
     eps = [metadata.EntryPoint(name, value, plugins.ENTRY_POINT_GROUP) for name, value in
            group[plugins.ENTRY_POINT_GROUP].items()]
-    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: eps if group == plugins.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(plugins.metadata, "entry_points",
+                        lambda group: eps if group == plugins.ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(plugins, "_loaded_entry_points", False)
     plugins.load_entry_points()
     assert sys.modules["my_package.terms"].LOADED

@@ -11,27 +11,27 @@ import torch
 from safetensors.torch import load_file
 
 from mitigate import config as C
-from mitigate import registry
-from mitigate.batch import Batch
-from mitigate.config import opt
-from mitigate.objectives.functional import aggregate
-from mitigate.policy import continuation_logprobs, load_checkpoint, sample
-from mitigate.pretrain import pretrain
+from mitigate.core.fields import Section, opt
+from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
+from mitigate.objectives.base import make_term
+from mitigate.ops import aggregate, gather_tokens
+from mitigate.policies import load_policy
+from mitigate.recipes.train import train
+from mitigate.regularizers import REGULARIZERS, register_regularizer
 from mitigate.regularizers.ot import sinkhorn_potentials
 from mitigate.tasks import make_task
 from mitigate.tasks.graph import EOS
-from mitigate.train import train
 
 
 # --------------------------------------------------------------------------- a toy regularizer
 @dataclass
-class ShortPathsConfig:
+class ShortPathsConfig(Section):
     name: str = "test_short_paths"
     coef: float = opt(1.0, "weight", min=0.0)
 
 
-@registry.register_regularizer("test_short_paths", ShortPathsConfig)
-def short_paths(batch: Batch, cfg: ShortPathsConfig):
+@register_regularizer("test_short_paths", ShortPathsConfig)
+def short_paths(batch: Batch, ctx: Context, cfg: ShortPathsConfig):
     """Raise the log-probability of the group's rollouts in proportion to their shortness."""
     length = batch.mask.sum(1)
     loss = aggregate(length[:, None] * batch.token_logprobs(), batch.mask, "token_mean")
@@ -39,10 +39,8 @@ def short_paths(batch: Batch, cfg: ShortPathsConfig):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mit") / "base"
-    pretrain(C.load(preset="smoke"), out, quiet=True)
-    return out
+def base(smoke_base):
+    return smoke_base  # the session's smoke base run folder (read-only)
 
 
 def _weights(run):
@@ -85,7 +83,6 @@ def test_builtin_mitigations_train_and_log(base, tmp_path, objective, regs):
     ("train.regularizers=[{name: entrpy, coef: 0.1}]", "did you mean 'entropy'"),
     ("train.regularizers=[{name: entropy, coef: -0.1}]", "must be >= 0"),
     ("train.regularizers=[{name: ot, coef: 0.1, reg: 0}]", "must be >= 0.0001"),
-    ("train.objective.name=sdsd_marginl", "registered: grpo, sdsd, sdsd_cmi, sdsd_marginal"),
     ("train.objective={name: sdsd_marginal, M: 0}", "'train.objective.M' must be >= 1"),
     ("train.objective={name: sdsd_cmi, M: 0}", "'train.objective.M' must be >= 1"),
     ("train.objective={name: sdsd_cmi, coef: -1}", "'train.objective.coef' must be >= 0"),
@@ -94,6 +91,17 @@ def test_bad_mitigation_config_names_the_problem(override, needle):
     with pytest.raises(C.ConfigError) as err:
         C.load(preset="smoke", overrides=[override])
     assert needle in str(err.value)
+
+
+def test_unknown_objective_lists_registered():
+    # other test modules (docs snippets, plugins) may register more objectives in this process:
+    # the message lists every registered name, the built-ins among them
+    with pytest.raises(C.ConfigError) as err:
+        C.load(preset="smoke", overrides=["train.objective.name=sdsd_marginl"])
+    names = OBJECTIVES.names()
+    assert {"grpo", "sdsd", "sdsd_cmi", "sdsd_marginal"} <= set(names)
+    assert "did you mean 'sdsd_marginal'" in str(err.value)
+    assert "registered: " + ", ".join(names) in str(err.value)
 
 
 def test_unknown_regularizer_lists_registered():
@@ -108,56 +116,60 @@ def batch_parts(base):
     """Everything but the student log-probs of one training batch of the smoke base model."""
     cfg = C.load(preset="smoke")
     task = make_task(cfg.task)
-    model, _ = load_checkpoint(base)
+    policy, _ = load_policy(base)
     prompts = task.prompts("id_train")[:4]
     G = 6
     contexts = [q.tokens for q in prompts for _ in range(G)]
-    s = sample(model, contexts, task.max_new_tokens, 1.0, torch.Generator().manual_seed(0))
-    correct, concepts = task.verify([q for q in prompts for _ in range(G)], s.tokens.numpy())
+    s = policy.sample(contexts, task.max_new_tokens, 1.0, torch.Generator().manual_seed(0))
+    correct, labels = task.verify([q for q in prompts for _ in range(G)], s.tokens.numpy())
     mask = s.mask.float()
-    return dict(model=model, task=task, prompts=prompts, contexts=contexts, tokens=s.tokens, mask=mask,
-                correct=torch.as_tensor(correct), concepts=torch.as_tensor(concepts), G=G)
+    return dict(policy=policy, task=task, prompts=prompts, contexts=contexts, tokens=s.tokens, mask=mask,
+                correct=torch.as_tensor(correct), labels=torch.as_tensor(labels), G=G)
 
 
-def make_batch(p, seed=0) -> Batch:
-    model, tokens, mask = p["model"], p["tokens"], p["mask"]
-    logprobs = continuation_logprobs(model, p["contexts"], tokens, mask)
-    return Batch(task=p["task"], prompts=p["prompts"],
-                 group_index=torch.arange(len(p["prompts"])).repeat_interleave(p["G"]), contexts=p["contexts"],
-                 tokens=tokens, mask=mask, rewards=p["correct"].float(), correct=p["correct"],
-                 concepts=p["concepts"], logprobs=logprobs, old_token_logprobs=logprobs.detach().gather(
-                     -1, tokens[..., None])[..., 0],
-                 teacher_fn=lambda c: continuation_logprobs(model, c, tokens, mask).detach(),
-                 ref_fn=lambda: logprobs.detach(), generator=torch.Generator().manual_seed(seed))
+def make_batch(p, seed=0) -> tuple[Batch, Context]:
+    """One step's batch and a fresh context (live teacher = the policy itself, demonstration
+    draws from a generator seeded with `seed`)."""
+    policy, tokens, mask = p["policy"], p["tokens"], p["mask"]
+    logprobs = policy.logprobs(p["contexts"], tokens, mask)
+    batch = Batch(prompts=p["prompts"], group_index=torch.arange(len(p["prompts"])).repeat_interleave(p["G"]),
+                  contexts=p["contexts"], tokens=tokens, mask=mask, rewards=p["correct"].float(),
+                  correct=p["correct"], labels=p["labels"], logprobs=logprobs,
+                  old_token_logprobs=gather_tokens(logprobs.detach(), tokens), ref_logprobs=logprobs.detach())
+    ctx = Context(task=p["task"], policy=policy, reference=policy, teacher=Teacher("live", policy, policy),
+                  generator=torch.Generator().manual_seed(seed),
+                  reference_generator=torch.Generator().manual_seed(seed), temperature=1.0, batch_size=4096,
+                  step=1)
+    return batch, ctx
 
 
 def _objective(name, **fields):
-    entry = registry.get("objective", name)
-    return entry.fn, C.build(entry.config, {"name": name, **fields})
+    entry = OBJECTIVES.get(name)
+    return make_term(entry), C.build(entry.config, {"name": name, **fields})
 
 
 def test_marginal_with_one_demonstration_is_sdsd(batch_parts):
     assert batch_parts["correct"].any()
     fn, cfg = _objective("sdsd")
-    loss_sdsd, _ = fn(make_batch(batch_parts), cfg)
+    loss_sdsd, _ = fn(*make_batch(batch_parts), cfg)
     fn, cfg = _objective("sdsd_marginal", M=1)
-    loss_marg, _ = fn(make_batch(batch_parts), cfg)
+    loss_marg, _ = fn(*make_batch(batch_parts), cfg)
     torch.testing.assert_close(loss_marg, loss_sdsd, rtol=1e-5, atol=1e-6)
 
 
 def test_cmi_without_reweighting_is_sdsd_and_with_it_differs(batch_parts):
     fn, cfg = _objective("sdsd")
-    loss_sdsd, _ = fn(make_batch(batch_parts), cfg)
+    loss_sdsd, _ = fn(*make_batch(batch_parts), cfg)
     fn, cfg = _objective("sdsd_cmi", M=1, coef=0.0)
-    loss_cmi0, _ = fn(make_batch(batch_parts), cfg)
+    loss_cmi0, _ = fn(*make_batch(batch_parts), cfg)
     torch.testing.assert_close(loss_cmi0, loss_sdsd, rtol=1e-5, atol=1e-6)
     fn, cfg = _objective("sdsd_cmi", M=1, coef=1.0)
-    b = make_batch(batch_parts)
-    loss_cmi, scalars = fn(b, cfg)
+    b, ctx = make_batch(batch_parts)
+    loss_cmi, scalars = fn(b, ctx, cfg)
     assert scalars["pcmi_spread_correct"] > 0
     grad_cmi = torch.autograd.grad(loss_cmi, b.logprobs)[0]
-    b0 = make_batch(batch_parts)
-    grad_0 = torch.autograd.grad(fn(b0, _objective("sdsd_cmi", M=1, coef=0.0)[1])[0], b0.logprobs)[0]
+    b0, ctx0 = make_batch(batch_parts)
+    grad_0 = torch.autograd.grad(fn(b0, ctx0, _objective("sdsd_cmi", M=1, coef=0.0)[1])[0], b0.logprobs)[0]
     assert not torch.allclose(grad_cmi, grad_0)
 
 
@@ -165,16 +177,17 @@ def test_entropy_bonus_is_minus_mean_entropy_and_its_step_raises_entropy():
     logits = torch.randn(3, 4, 5, requires_grad=True)
     mask = torch.ones(3, 4)
     mask[0, 2:] = 0
-    fn, cfg = registry.get("regularizer", "entropy").fn, C.build(registry.get("regularizer", "entropy").config, {})
+    entry = REGULARIZERS.get("entropy")
+    fn, cfg = make_term(entry), C.build(entry.config, {})
 
     def as_batch(lp):
-        return Batch(task=None, prompts=[0], group_index=torch.zeros(3, dtype=torch.long), contexts=[],
+        return Batch(prompts=[0], group_index=torch.zeros(3, dtype=torch.long), contexts=[],
                      tokens=torch.zeros(3, 4, dtype=torch.long), mask=mask, rewards=torch.zeros(3),
-                     correct=torch.zeros(3, dtype=torch.bool), concepts=torch.full((3,), -1), logprobs=lp,
-                     old_token_logprobs=torch.zeros(3, 4), teacher_fn=None, ref_fn=None, generator=None)
+                     correct=torch.zeros(3, dtype=torch.bool), labels=torch.full((3,), -1), logprobs=lp,
+                     old_token_logprobs=torch.zeros(3, 4), ref_logprobs=lp.detach())
 
     lp = logits.log_softmax(-1)
-    loss, _ = fn(as_batch(lp), cfg)
+    loss, _ = fn(as_batch(lp), None, cfg)  # the entropy term reads the batch only
     p = lp.detach().exp()
     ent = -(p * p.log()).sum(-1)
     torch.testing.assert_close(loss.detach(), -(ent * mask).sum() / mask.sum())

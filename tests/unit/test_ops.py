@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mitigate.objectives.functional import (
+from mitigate.objectives.sdsd_marginal import marginal_teacher_logprobs
+from mitigate.ops import (
     aggregate,
+    centre_among_correct,
     group_advantages,
     k3_kl,
     masked_mean,
@@ -17,8 +19,6 @@ from mitigate.objectives.functional import (
     sampled_token_reverse_kl,
     token_divergence,
 )
-from mitigate.objectives.sdsd_cmi import centre_among_correct
-from mitigate.objectives.sdsd_marginal import marginal_teacher_logprobs
 
 torch.set_default_dtype(torch.float32)
 

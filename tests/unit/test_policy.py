@@ -8,14 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mitigate.policy import (
+from mitigate.ops import gather_tokens
+from mitigate.policies import CheckpointError, load_policy, resolve_checkpoint
+from mitigate.policies.base import META_FILE
+from mitigate.policies.tiny_gpt import (
     CHECKPOINT_FILES,
-    CheckpointError,
     completion_mask,
     continuation_logprobs,
-    gather_tokens,
-    load_checkpoint,
-    resolve_checkpoint,
     sample,
     save_checkpoint,
     sequence_logprob,
@@ -150,12 +149,12 @@ def test_sample_stops_at_eos_and_masks_after(smoke_model, contexts):
     assert is_eos.sum(1).eq(1).all()
     # the loop stops once every row has ended: one forward per generated position, no more
     assert len(rec.logits) == int(first.max()) + 1 < 16
-    assert torch.equal(s.mask, completion_mask(s.tokens))
+    assert torch.equal(s.mask, completion_mask(s.tokens, EOS))
 
 
 def test_completion_mask():
     t = torch.tensor([[7, 8, EOS, 9, EOS], [7, 8, 9, 9, 9], [EOS, 7, 7, 7, 7]])
-    assert completion_mask(t).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert completion_mask(t, EOS).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
 
 
 def test_sample_empty(smoke_model):
@@ -170,8 +169,9 @@ def test_checkpoint_round_trip(smoke_model, tmp_path):
     out = save_checkpoint(smoke_model, tmp_path / "ckpt", extra)
     assert sorted(p.name for p in out.iterdir()) == sorted(CHECKPOINT_FILES)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left behind
-    model, meta = load_checkpoint(out)
+    policy, meta = load_policy(out)
     assert meta == extra
+    model = policy.model
     assert not model.training
     ref = smoke_model.state_dict()
     got = model.state_dict()
@@ -183,7 +183,7 @@ def test_checkpoint_round_trip(smoke_model, tmp_path):
         assert torch.equal(v, ref[k]), k
     # overwriting in place is atomic and leaves only the documented files
     save_checkpoint(smoke_model, out, {"method": "again"})
-    assert load_checkpoint(out)[1] == {"method": "again"}
+    assert load_policy(out)[1] == {"method": "again"}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
@@ -195,11 +195,18 @@ def test_resolve_run_folder(smoke_base):
 def test_missing_checkpoint_raises(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(missing)
+        load_policy(missing)
     assert str(missing) in str(err.value)
     assert isinstance(err.value, FileNotFoundError)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(empty)
-    assert str(empty) in str(err.value) and "model.safetensors" in str(err.value)
+        load_policy(empty)
+    assert str(empty) in str(err.value) and META_FILE in str(err.value)
+    # the record without the weights: the policy names the file that is missing
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / META_FILE).write_text('{"policy": "tiny_gpt"}')
+    with pytest.raises(CheckpointError) as err:
+        load_policy(partial)
+    assert str(partial) in str(err.value) and "model.safetensors" in str(err.value)

@@ -1,0 +1,49 @@
+"""One look for every figure: the Okabe-Ito palette (colour-blind safe), a fixed colour and marker
+per method, paper-column sizes and 8 pt text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Okabe & Ito (2008), "Color Universal Design".
+BLACK, ORANGE, SKY_BLUE, GREEN = "#000000", "#E69F00", "#56B4E9", "#009E73"
+YELLOW, BLUE, VERMILLION, PURPLE = "#F0E442", "#0072B2", "#D55E00", "#CC79A7"
+
+FIXED = {"base": BLACK, "grpo": VERMILLION, "sdsd": BLUE}
+OTHERS = (ORANGE, SKY_BLUE, GREEN, PURPLE, YELLOW)  # yellow last: faintest on white
+FIXED_MARKERS = {"base": "o", "grpo": "s", "sdsd": "^"}
+MARKERS = "DvpP<>hX*"  # the others, in the same order as their colours
+
+COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
+TEXT_WIDTH = 6.9  # inches: both columns
+FONT_SIZE = 8
+
+RC = {
+    "font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE, "axes.labelsize": FONT_SIZE,
+    "xtick.labelsize": FONT_SIZE - 1, "ytick.labelsize": FONT_SIZE - 1, "legend.fontsize": FONT_SIZE - 1,
+    "lines.linewidth": 1.2, "lines.markersize": 3.5, "axes.grid": True, "grid.alpha": 0.3,
+    "grid.linewidth": 0.5, "axes.linewidth": 0.6, "legend.frameon": False,
+    "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in the PDF: editable text, accepted by publishers
+    "savefig.dpi": 300,
+}
+
+
+def method_color(name: str, order: Sequence[str]) -> str:
+    """base, grpo and sdsd always get the same colour; every other method the next free colour in
+    the order it has among the non-fixed names of `order` (the summary's method order)."""
+    if name in FIXED:
+        return FIXED[name]
+    others = [m for m in order if m not in FIXED]
+    if name not in others:
+        raise ValueError(f"method '{name}' is not in {list(order)}")
+    return OTHERS[others.index(name) % len(OTHERS)]
+
+
+def method_style(name: str, order: Sequence[str]) -> dict:
+    """Colour, marker and line style of a method, fixed like its colour; past the palette, a dashed
+    line tells apart two methods that share a colour."""
+    color = method_color(name, order)
+    if name in FIXED:
+        return {"color": color, "marker": FIXED_MARKERS[name], "linestyle": "-"}
+    j = [m for m in order if m not in FIXED].index(name)
+    return {"color": color, "marker": MARKERS[j % len(MARKERS)], "linestyle": "--" if j >= len(OTHERS) else "-"}
