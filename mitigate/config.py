@@ -76,7 +76,11 @@ class TrainConfig(Section):
     prompts_per_step: int = opt(64, "prompts per step (each sampled group_size times)", min=1)
     group_size: int = opt(8, "rollouts per prompt (GRPO group / SDSD demonstration pool)", min=2)
     lr: float = opt(3e-5, "AdamW learning rate (constant)", min=0.0)
-    kl_coef: float = opt(0.02, "beta: k3 KL leash to the frozen base model, shared by every objective", min=0.0)
+    kl_coef: float = opt(0.02, "beta: KL(pi || base) leash to the frozen base model, shared by every objective",
+                         min=0.0)
+    kl_estimator: str = opt("full_vocab", "KL leash estimator: exact reverse-KL gradient over the vocabulary "
+                            "(full_vocab) or k3 on sampled tokens (gradient of the forward KL)",
+                            choices=("full_vocab", "k3"))
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
     grad_clip: float = opt(1.0, "max gradient norm (0 disables clipping)", min=0.0)
     inner_epochs: int = opt(1, "optimizer passes over each batch of rollouts", min=1)

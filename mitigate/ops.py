@@ -47,10 +47,35 @@ def group_advantages(rewards: torch.Tensor, group_index: torch.Tensor, scale_std
     return adv, std < 1e-8
 
 
+KL_ESTIMATORS = ("full_vocab", "k3")
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(pi || ref) on sampled tokens: exp(d) - d - 1, d = ref - logp."""
+    """Per-token k3 estimator of KL(pi || ref) on sampled tokens: exp(d) - d - 1, d = ref - logp.
+
+    Its *value* is unbiased for KL(pi || ref), but used as a loss its gradient is that of the
+    forward KL(ref || pi) (Shah et al. 2025): kept as a named option for comparison with other
+    trainers, not as the default anchor."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1
+
+
+def reverse_kl_anchor(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, tokens: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Surrogate [B, T] whose gradient, summed over a rollout y ~ pi, is unbiased for the gradient
+    of the sequence-level reverse KL(pi || ref) to the frozen reference.
+
+        KL(pi || ref) = E_y sum_t k_t,   k_t = sum_v pi(v | y_<t) (log pi(v | y_<t) - log ref(v | y_<t))
+        grad          = E_y sum_t [ grad k_t + grad log pi(y_t | y_<t) * sum_{t' > t} k_t' ]
+
+    The first term is exact over the vocabulary at every visited prefix; the second (the KL still
+    to come after choosing y_t) is a score-function term, needed because the prefixes themselves
+    are drawn from pi. Dropping it (a per-token KL loss alone) changes the fixed point away from
+    the RL optimum p0(y) exp(r(y) / beta) / Z. Returns (surrogate [B, T], k_t [B, T] detached).
+    """
+    k = token_divergence(logprobs, ref_logprobs, "reverse_kl") * mask
+    future = (k.detach().flip(-1).cumsum(-1).flip(-1) - k.detach())  # sum over t' > t
+    return k + gather_tokens(logprobs, tokens) * future * mask, k.detach()
 
 
 def token_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:

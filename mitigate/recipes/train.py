@@ -20,7 +20,7 @@ from mitigate.core.seeding import numpy_stream, torch_stream
 from mitigate.metrics import pass_at_k
 from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
 from mitigate.objectives.base import make_term
-from mitigate.ops import gather_tokens, k3_kl, masked_mean, token_divergence
+from mitigate.ops import aggregate, gather_tokens, k3_kl, masked_mean, reverse_kl_anchor, token_divergence
 from mitigate.policies import load_policy, resolve_checkpoint
 from mitigate.recipes.common import checkpoint_record, same_task
 from mitigate.regularizers import REGULARIZERS
@@ -114,10 +114,14 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                               logprobs=policy.logprobs(r.contexts, tokens, mask), old_token_logprobs=old,
                               ref_logprobs=ref)
                 loss, scalars = objective(batch, ctx, tc.objective)
-                if tc.kl_coef > 0:  # the shared KL anchor (k3 on sampled tokens)
-                    k3 = masked_mean(k3_kl(batch.token_logprobs(), gather_tokens(ref, tokens)), mask)
-                    loss = loss + tc.kl_coef * k3
-                    scalars["kl_base_k3"] = float(k3.detach())
+                if tc.kl_coef > 0:  # the shared KL anchor to the frozen base, same for every objective
+                    if tc.kl_estimator == "k3":
+                        anchor = k3_kl(batch.token_logprobs(), gather_tokens(ref, tokens))
+                    else:
+                        anchor, _ = reverse_kl_anchor(batch.logprobs, ref, tokens, mask)
+                    anchor = aggregate(anchor, mask, "token_mean")
+                    loss = loss + tc.kl_coef * anchor
+                    scalars["kl_anchor_loss"] = float(anchor.detach())
                 for term, rcfg in regularizers:
                     r_loss, r_scalars = term(batch, ctx, rcfg)
                     loss = loss + rcfg.coef * r_loss
