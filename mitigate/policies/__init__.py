@@ -1,7 +1,7 @@
 """Policies: sample, score continuations under given contexts, frozen copy, save/load. Built-ins
 register on import; see `mitigate.policies.base` for the protocol."""
 
-from mitigate.policies import tiny_gpt  # noqa: F401  (registers the built-in policy)
+from mitigate.policies import hf, tiny_gpt  # noqa: F401  (register the built-in policies)
 from mitigate.policies.base import (
     POLICIES,
     CheckpointError,
