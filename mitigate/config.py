@@ -110,6 +110,13 @@ class ReproduceConfig(Section):
     methods: list = opt(["base"], "methods to train and compare (base = the pretrained model)")
     seeds: list = opt([0, 1, 2], "training seeds per method")
     method_configs: dict = opt({}, "per-method overrides {method: {train.key: value}}, merged over the config")
+    paired_against: list = opt(["grpo", "sdsd"], "methods every other method is compared with (paired intervals)")
+    tradeoff_methods: list = opt(["grpo", "sdsd"], "methods whose weaker versions (weights interpolated with "
+                                 "the base) draw the trade-off curves a mitigation is judged against")
+    interpolation: list = opt([0.25, 0.5, 0.75], "interpolation weights alpha of the trade-off curves: "
+                              "theta_base + alpha (theta_trained - theta_base)")
+    n_boot: int = opt(2000, "crossed-bootstrap replicates for intervals, paired differences and rank intervals",
+                      min=100)
 
 
 @dataclass

@@ -10,51 +10,113 @@ from pathlib import Path
 
 from mitigate.core.fields import ConfigError
 from mitigate.core.io import run_folder, write_json, write_text
-from mitigate.metrics.ranking import criteria, ood_splits, rank_methods, value
-
-SCALARS = ("distinct_correct", "concepts", "concept_entropy", "top_concept_share", "token_entropy")
+from mitigate.metrics.ranking import criteria, ood_splits, rank_methods, saturated_columns, value
 
 
 def _fmt(mean, ci=None) -> str:
+    if mean is None or mean != mean:
+        return "n/a"
     if ci is None or ci[0] != ci[0]:
         return f"{mean:.3f}"
     return f"{mean:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def main_table(summary: dict) -> str:
+def _diff(d: dict) -> str:
+    """A paired difference; marked * when its interval excludes zero."""
+    lo, hi = d["ci95"]
+    star = "*" if (lo > 0 or hi < 0) else ""
+    return f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]{star}"
+
+
+def _columns(summary: dict) -> list[tuple[str, tuple]]:
+    """(header, path into a method's split block) of the main table."""
     first = next(iter(summary["methods"].values()))
     ks = [k for k in ("1", "8", "64") if k in first["id"]["pass_at_k"]]
-    splits = ood_splits(summary)
-    kmax = {s: max(first["ood"][s]["pass_at_k"], key=int) for s in splits}  # < 64 if n < 64
-    head = ["method", "seeds"] + [f"ID pass@{k}" for k in ks] + [
-        "distinct correct", "concepts", "concept entropy", "top-concept share", "token entropy"]
-    for s in splits:
-        head += [f"{s} pass@1", f"{s} pass@{kmax[s]}"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cols = [(f"ID pass@{k}", ("id", "pass_at_k", k)) for k in ks]
+    cols += [(label, ("id", key)) for label, key in (("distinct correct", "distinct_correct"), ("concepts", "concepts"),
+                                                      ("concept entropy", "concept_entropy"),
+                                                      ("top-concept share", "top_concept_share"),
+                                                      ("token entropy", "token_entropy"))]
+    for s in ood_splits(summary):
+        top = max(first["ood"][s]["pass_at_k"], key=int)  # < 64 if n < 64
+        cols += [(f"{s} pass@1", ("ood", s, "pass_at_k", "1")), (f"{s} pass@{top}", ("ood", s, "pass_at_k", top))]
+    return cols
+
+
+def _get(tree: dict, path: tuple):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def main_table(summary: dict) -> str:
+    cols = _columns(summary)
+    lines = ["| method | seeds | " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for name, m in summary["methods"].items():
-        idm, ci = m["id"], m["ci95"]["id"]
-        cells = [name, str(len(m["seeds"]))]
-        cells += [_fmt(idm["pass_at_k"][k], ci["pass_at_k"][k]) for k in ks]
-        cells += [_fmt(idm[k], ci[k]) for k in SCALARS]
-        for split in splits:
-            pk, pci = m["ood"][split]["pass_at_k"], m["ci95"]["ood"][split]["pass_at_k"]
-            top = max(pk, key=int)
-            cells += [_fmt(pk["1"], pci["1"]), _fmt(pk[top], pci[top])]
+        cells = [name, str(len(m["seeds"]))] + [_fmt(_get(m, p), _get(m["ci95"], p)) for _, p in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(summary: dict, against: str) -> str:
+    """Every method minus `against`, per metric, with paired 95% intervals (* = excludes zero)."""
+    cols = _columns(summary)
+    rows = [(n, m["paired"][against]) for n, m in summary["methods"].items() if against in m.get("paired", {})]
+    if not rows:
+        return ""
+    lines = ["| method | " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, d in rows:
+        lines.append("| " + " | ".join([name] + [_diff(_get(d, p)) for _, p in cols]) + " |")
+    return "\n".join(lines)
+
+
+BUDGET_FIELDS = ("rollouts", "verifier_calls", "reference_generations", "forward_tokens", "backward_tokens",
+                 "wall_seconds")
+
+
+def budget_table(summary: dict) -> str:
+    """What each method spent per training run (mean over seeds)."""
+    rows = [(n, m["budget"]) for n, m in summary["methods"].items() if m.get("budget")]
+    if not rows:
+        return ""
+    lines = ["| method | " + " | ".join(f.replace("_", " ") for f in BUDGET_FIELDS) + " |",
+             "|" + "---|" * (len(BUDGET_FIELDS) + 1)]
+    for name, b in rows:
+        lines.append("| " + " | ".join([name] + [f"{b.get(f, 0):,}" if f != "wall_seconds" else f"{b.get(f, 0):.1f}"
+                                                 for f in BUDGET_FIELDS]) + " |")
     return "\n".join(lines)
 
 
 def ranking_table(summary: dict) -> str:
     ranking = summary["ranking"]
-    cols = criteria(summary)
-    head = ["rank", "method", "mean rank"] + [c for c, _, _ in cols]
+    skip = set(summary.get("not_ranked_saturated", []))
+    cols = [c for c in criteria(summary) if c[0] not in skip]
+    head = ["rank", "method", "mean rank", "pass@1 rank", "diversity rank"] + [c for c, _, _ in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, (name, r) in enumerate(ranking.items(), 1):
-        cells = [str(i), name, f"{r['mean rank']:.2f}"]
+        ci = r.get("mean rank ci95")
+        cells = [str(i), name, f"{r['mean rank']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
+                 f"{r['pass@1 rank']:g}", f"{r['diversity rank']:g}"]
         for label, split, k in cols:
-            mean, ci = value(summary["methods"][name], split, k)
-            cells.append(f"{mean:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] ({r[label]:g})")
+            mean, c = value(summary["methods"][name], split, k)
+            cells.append(f"{mean:.3f} ({r[label]:g})")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tradeoff_table(summary: dict) -> str:
+    """How far each method lies above each trade-off curve at its own ID pass@1 (median and 95%
+    interval over crossed-bootstrap replicates; * = interval excludes zero)."""
+    gaps = summary["tradeoff"]["gaps_above"]
+    lines = ["| method | curve | metric | gap above curve | replicates outside the curve's range |",
+             "|---|---|---|---|---|"]
+    for name, by_curve in gaps.items():
+        for curve, by_metric in by_curve.items():
+            for metric, g in by_metric.items():
+                lo, hi = g["ci95"]
+                med = "n/a" if g["median"] is None else f"{g['median']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                star = "*" if (lo == lo and (lo > 0 or hi < 0) and g["outside_share"] < 0.05) else ""
+                lines.append(f"| {name} | {curve} | {metric} | {med}{star} | {g['outside_share']:.2f} |")
     return "\n".join(lines)
 
 
@@ -64,17 +126,35 @@ def report_markdown(summary: dict) -> str:
     parts = [f"# mitigate {title} — preset `{summary['preset']}`", ""]
     if "sources" in summary:
         parts += ["Sources: " + ", ".join(f"`{s}`" for s in summary["sources"]), ""]
-    parts += [f"Wall time: {summary['wall_seconds']:.0f} s. Means over seeds; 95% intervals from a two-level "
-              "bootstrap (seeds, then prompts). Diversity is measured among correct samples. "
+    parts += [f"Wall time: {summary['wall_seconds']:.0f} s. Means over seeds of means over prompts; 95% intervals "
+              "from a crossed bootstrap (one prompt resample shared by every method and seed, seeds resampled). "
+              "Diversity is measured among correct samples. "
               f"ID columns are on the `{summary.get('id_split', 'id_test')}` pairs.", ""]
     if b:
-        parts += [f"Budget (all trained methods): {b.get('steps')} steps x {b.get('prompts_per_step')} prompts x "
-                  f"{b.get('group_size')} rollouts, lr {b.get('lr')}; evaluation n = {b.get('eval_samples')}.", ""]
+        parts += [f"Shared settings (all trained methods): {b.get('steps')} steps x {b.get('prompts_per_step')} "
+                  f"prompts x {b.get('group_size')} rollouts, lr {b.get('lr')}, KL leash {b.get('kl_coef')} "
+                  f"({b.get('kl_estimator', 'k3')}); evaluation n = {b.get('eval_samples')}.", ""]
         for m, o in b.get("objectives", {}).items():
             regs = b.get("regularizers", {}).get(m) or []
             parts.append(f"- `{m}`: {o}" + (f" + {regs}" if regs else ""))
         parts.append("")
     parts += ["## pass@k and diversity", "", main_table(summary), ""]
+    for ref in ("grpo", "sdsd"):
+        table = paired_table(summary, ref)
+        if table:
+            parts += [f"## Paired differences: method minus `{ref}`", "",
+                      "Same prompts, crossed bootstrap; * marks an interval that excludes zero.", "", table, ""]
+    table = budget_table(summary)
+    if table:
+        parts += ["## Budget per training run", "", "Counted where the work happens (every sample, scoring "
+                  "forward and verifier call of the run); evaluation is not included.", "", table, ""]
+    if "tradeoff" in summary:
+        parts += ["## Against the trade-off curves", "",
+                  "Curves: the base, then each curve method's weights interpolated with the base (alpha = "
+                  + ", ".join(f"{p['alpha']:g}" for p in next(iter(summary["tradeoff"]["curves"].values())))
+                  + "). Gap = the method's metric minus the curve's, interpolated at the method's ID pass@1. "
+                  "* = the interval excludes zero and fewer than 5% of replicates fall outside the curve's range.",
+                  "", tradeoff_table(summary), ""]
     if "base_demo_bias" in summary:
         d = summary["base_demo_bias"]
         parts += ["## Demonstration bias of the base model", "",
@@ -85,8 +165,17 @@ def report_markdown(summary: dict) -> str:
             parts += ["", f"Teacher headroom: pass@1 with a correct demonstration in context "
                           f"{d['pass_at_1_with_demo']:.3f}, without {d['pass_at_1_without_demo']:.3f}."]
         parts += [""]
+    base = summary["methods"].get("base", {}).get("label_shares", {}).get("id")
+    if base:
+        parts += ["## Labels the base model prefers", "",
+                  "Share of each label (graph: concept) among the base model's correct ID samples: "
+                  + ", ".join(f"{k}: {v:.3f}" for k, v in sorted(base.items(), key=lambda kv: -kv[1])) + ".", ""]
     if "ranking" in summary:
-        parts += ["## Ranking", "", ranking_table(summary), ""]
+        skip = summary.get("not_ranked_saturated", [])
+        parts += ["## Ranking", "", "Values print at 3 decimals and equal printed values share a rank; the mean "
+                  "rank's interval is over crossed-bootstrap replicates."
+                  + (f" Not ranked (every method's interval above 0.99): {', '.join(skip)}." if skip else ""),
+                  "", ranking_table(summary), ""]
     parts += ["## Figures", "", "Drawn from summary.json by `python -m analysis figures <this folder>` "
               "(`make reproduce` runs it):", "", "![pass@k](pass_at_k.png)", ""]
     if "ranking" in summary:
@@ -139,6 +228,7 @@ def write_combined(paths: list[str | Path], out: str | Path, overwrite: bool = F
     with run_folder(out, overwrite, inputs=paths) as tmp:
         summary = combine_summaries(paths)
         summary["ranking"] = rank_methods(summary)
+        summary["not_ranked_saturated"] = saturated_columns(summary)
         write_json(tmp / "summary.json", summary)
         write_report(summary, tmp)
     return Path(out)

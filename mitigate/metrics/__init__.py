@@ -2,7 +2,14 @@
 
 from mitigate.metrics.diversity import effective_number, prompt_metrics
 from mitigate.metrics.passk import ks_up_to, pass_at_k
-from mitigate.metrics.statistics import bootstrap_ci, ci_tree, hierarchical_ci, mean_metrics
+from mitigate.metrics.statistics import (
+    bootstrap_ci,
+    ci_tree,
+    crossed_bootstrap,
+    mean_metrics,
+    percentile_interval,
+    point_estimate,
+)
 
-__all__ = ["bootstrap_ci", "ci_tree", "effective_number", "hierarchical_ci", "ks_up_to", "mean_metrics",
-           "pass_at_k", "prompt_metrics"]
+__all__ = ["bootstrap_ci", "ci_tree", "crossed_bootstrap", "effective_number", "ks_up_to", "mean_metrics",
+           "pass_at_k", "percentile_interval", "point_estimate", "prompt_metrics"]

@@ -1,5 +1,12 @@
 """Rank methods on ID pass@k and on pass@k of every OOD split the task defines (numbers only;
-`analysis/` draws the Pareto plot)."""
+`analysis/` draws the Pareto plot).
+
+Rules: values are compared at the precision the tables print (3 decimals), so methods that print
+the same share a rank; a column where every method's interval lies above `saturated` (0.99) is not
+ranked (nothing separates the methods there); the mean rank carries a bootstrap interval when the
+summary's crossed-bootstrap replicates are given; ID pass@1 and ID concepts (diversity) are also
+ranked on their own, because a mean rank mixes accuracy with diversity proxies.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ from scipy.stats import rankdata
 
 ID_KS = (1, 8, 64)  # ranked on ID; each OOD split is ranked on pass@1 and pass@64
 OOD_KS = (1, 64)
+DECIMALS = 3
+SATURATED = 0.99
 
 
 def pass_at_k_of(m: dict, split: str) -> tuple[dict, dict]:
@@ -38,16 +47,43 @@ def value(m: dict, split: str, k: str):
     return pk[k], ci[k]
 
 
-def rank_methods(summary: dict) -> dict:
-    """Per criterion, rank 1 = best (ties share the mean rank); mean rank across criteria."""
+def saturated_columns(summary: dict) -> list[str]:
+    """Labels of the columns where every method's interval lies above SATURATED."""
+    return [label for label, split, k in criteria(summary)
+            if all(value(m, split, k)[1][0] > SATURATED for m in summary["methods"].values())]
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Rank 1 = best along the last axis; equal printed values share the mean rank."""
+    return rankdata(-np.round(values, DECIMALS), method="average", axis=-1)
+
+
+def rank_methods(summary: dict, replicates: dict | None = None) -> dict:
+    """Per ranked criterion, rank 1 = best; `mean rank` over the ranked criteria (with `mean rank
+    ci95` from the replicates when given); `pass@1 rank` and `diversity rank` (ID concepts among
+    correct samples) on their own."""
     names = list(summary["methods"])
+    skip = set(saturated_columns(summary))
+    cols = [c for c in criteria(summary) if c[0] not in skip]
     table = {n: {} for n in names}
-    cols = criteria(summary)
     for label, split, k in cols:
-        vals = np.array([value(summary["methods"][n], split, k)[0] for n in names])
-        ranks = rankdata(-vals, method="average")
-        for n, r in zip(names, ranks):
+        for n, r in zip(names, _ranks(np.array([value(summary["methods"][n], split, k)[0] for n in names]))):
             table[n][label] = float(r)
+    for n, r in zip(names, _ranks(np.array([summary["methods"][n]["id"]["pass_at_k"]["1"] for n in names]))):
+        table[n]["pass@1 rank"] = float(r)
+    concepts = np.array([summary["methods"][n]["id"].get("concepts", np.nan) for n in names], dtype=float)
+    for n, r in zip(names, _ranks(np.nan_to_num(concepts, nan=-np.inf))):
+        table[n]["diversity rank"] = float(r)
     for n in names:
-        table[n]["mean rank"] = float(np.mean([table[n][c] for c, _, _ in cols]))
+        table[n]["mean rank"] = float(np.mean([table[n][c] for c, _, _ in cols])) if cols else float("nan")
+    if replicates is not None and cols:
+        keys, reps = replicates["keys"], replicates["replicates"]
+        per_col = []
+        for _, split, k in cols:
+            j = keys[split].index(("pass_at_k", k))
+            per_col.append(_ranks(np.stack([reps[split][n][:, j] for n in names], 1)))  # [n_boot, methods]
+        mean_rank = np.mean(per_col, 0)
+        for i, n in enumerate(names):
+            table[n]["mean rank ci95"] = [float(np.quantile(mean_rank[:, i], 0.025)),
+                                          float(np.quantile(mean_rank[:, i], 0.975))]
     return dict(sorted(table.items(), key=lambda kv: kv[1]["mean rank"]))

@@ -46,42 +46,82 @@ def ci_tree(rows: list[dict], **kw) -> dict:
     return out
 
 
-def hierarchical_ci(rows_by_seed: list[list[dict]], n_boot: int = 1000, seed: int = 0) -> dict:
-    """95% intervals from a two-level bootstrap: resample seeds, then prompts within each seed."""
-    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-    warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+def crossed_bootstrap(tables: dict[str, np.ndarray], n_boot: int = 2000, seed=0,
+                      seed_counts: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Replicates of every method's mean under a crossed bootstrap over prompts and seeds.
+
+    `tables[method]` is [S, P, K]: S seeds (training runs), the same P prompts for every method
+    and seed, K metrics (NaN where a metric is undefined for a prompt, e.g. diversity among
+    correct samples when none is correct). The estimate of a method is the mean over seeds of the
+    mean over prompts. One replicate draws ONE multinomial resample of the P prompts, shared by
+    every seed and every method (the prompts are a common sample, so their effect must not
+    average out across seeds), and resamples each method's seeds (independent training runs).
+    Returns {method: [n_boot, K] replicate estimates}; differences of two methods' replicates are
+    the paired bootstrap of their difference. `seed_counts` ({method: [n_boot, S]}, from
+    `seed_resamples`) shares one seed resample across several calls, e.g. across evaluation splits
+    of the same trained models.
+    """
     rng = np.random.default_rng(seed)
-    keys = _flat_keys(rows_by_seed[0][0])
-    arrays = [np.array([[_get(r, k) for k in keys] for r in rows], dtype=float) for rows in rows_by_seed]
-    boots = np.empty((n_boot, len(keys)))
-    for b in range(n_boot):
-        picks = rng.integers(len(arrays), size=len(arrays))
-        means = [np.nanmean(arrays[s][rng.integers(len(arrays[s]), size=len(arrays[s]))], 0) for s in picks]
-        boots[b] = np.nanmean(means, 0)
-    lo, hi = np.nanquantile(boots, 0.025, 0), np.nanquantile(boots, 0.975, 0)
-    out: dict = {}
-    for k, a, c in zip(keys, lo, hi):
-        _set(out, k, [float(a), float(c)])
+    n_prompts = {t.shape[1] for t in tables.values()}
+    if len(n_prompts) != 1:
+        raise ValueError(f"every method must be evaluated on the same prompts, got counts {sorted(n_prompts)}")
+    P = n_prompts.pop()
+    prompt_counts = rng.multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(float)  # [n_boot, P]
+    out = {}
+    if seed_counts is None:
+        seed_counts = seed_resamples({name: t.shape[0] for name, t in tables.items()}, n_boot, rng)
+    for name, table in tables.items():
+        out[name] = _weighted_estimate(table, prompt_counts, seed_counts[name])
     return out
 
 
+def seed_resamples(n_seeds: dict[str, int], n_boot: int, rng) -> dict[str, np.ndarray]:
+    """{method: [n_boot, S] multinomial counts}: each method's training seeds resampled."""
+    rng = np.random.default_rng(rng)
+    return {name: rng.multinomial(S, np.full(S, 1.0 / S), size=n_boot).astype(float) for name, S in n_seeds.items()}
 
-def _flat_keys(d, prefix=()):
+
+def _weighted_estimate(table: np.ndarray, prompt_w: np.ndarray, seed_w: np.ndarray) -> np.ndarray:
+    """[n_boot, K] mean over seeds (weights seed_w) of the mean over prompts (weights prompt_w),
+    NaN entries left out of both means."""
+    valid = np.isfinite(table)
+    x = np.where(valid, table, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_seed = np.einsum("bp,spk->bsk", prompt_w, x) / np.einsum("bp,spk->bsk", prompt_w, valid)
+        seed_valid = np.isfinite(per_seed)
+        num = np.einsum("bs,bsk->bk", seed_w, np.where(seed_valid, per_seed, 0.0))
+        return num / np.einsum("bs,bsk->bk", seed_w, seed_valid)
+
+
+def point_estimate(table: np.ndarray) -> np.ndarray:
+    """[K] mean over seeds of the mean over prompts (the estimate the replicates resample)."""
+    return _weighted_estimate(table, np.ones((1, table.shape[1])), np.ones((1, table.shape[0])))[0]
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """[K, 2] percentile interval of [n_boot, K] replicates (NaN replicates left out)."""
+    a = (1 - level) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN intervals
+        return np.stack([np.nanquantile(replicates, a, 0), np.nanquantile(replicates, 1 - a, 0)], 1)
+
+
+def flat_keys(d, prefix=()):
     keys = []
     for k, v in d.items():
-        keys += _flat_keys(v, prefix + (k,)) if isinstance(v, dict) else [prefix + (k,)]
+        keys += flat_keys(v, prefix + (k,)) if isinstance(v, dict) else [prefix + (k,)]
     return keys
 
 
 
-def _get(d, k):
+def get_path(d, k):
     for p in k:
         d = d[p]
     return d
 
 
 
-def _set(d, k, v):
+def set_path(d, k, v):
     for p in k[:-1]:
         d = d.setdefault(p, {})
     d[k[-1]] = v

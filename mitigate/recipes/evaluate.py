@@ -44,6 +44,8 @@ def prompt_rows(policy, task, prompts, n, temperature, generator, batch_size, de
         outputs = [tuple(x) for x in tokens[sl].tolist()]
         row = prompt_metrics(r.correct[sl], outputs, r.labels[sl], ks)
         row["token_entropy"] = float(ent[sl].mean())
+        good = r.labels[sl][r.correct[sl]]
+        row["label_counts"] = {str(k): int(v) for k, v in zip(*np.unique(good, return_counts=True))}
         rows.append(row)
     return rows
 
@@ -60,13 +62,25 @@ def evaluate_rows(policy, task, eval_cfg, generator, quiet: bool = True) -> dict
 
 def evaluate(policy, task, eval_cfg, seed: int, quiet: bool = False) -> dict:
     """The eval JSON: {"id": {...}, "ood": {split: {...}}, "ci95": {...}} with means over prompts."""
-    rows = evaluate_rows(policy, task, eval_cfg, torch_stream(seed, "eval"), quiet)
-    res = {k: dict(mean_metrics(v), n_prompts=len(v)) for k, v in rows.items()}
-    ci = {k: ci_tree(v) for k, v in rows.items()}
+    return eval_record(evaluate_rows(policy, task, eval_cfg, torch_stream(seed, "eval"), quiet), eval_cfg)
+
+
+def eval_record(rows: dict[str, list[dict]], eval_cfg) -> dict:
+    """The eval JSON of one model: means over prompts with bootstrap intervals over prompts, and
+    every prompt's own row (`per_prompt`, in the split's prompt order) so anyone can recompute."""
+    metric_rows = {k: [{m: x for m, x in r.items() if m != "label_counts"} for r in v] for k, v in rows.items()}
+    res = {k: dict(mean_metrics(v), n_prompts=len(v)) for k, v in metric_rows.items()}
+    ci = {k: ci_tree(v) for k, v in metric_rows.items()}
     ood = [k for k in rows if k != "id"]
     return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split,
             "id": res["id"], "ood": {k: res[k] for k in ood},
-            "ci95": {"id": ci["id"], "ood": {k: ci[k] for k in ood}}}
+            "ci95": {"id": ci["id"], "ood": {k: ci[k] for k in ood}},
+            "per_prompt": {"id": rows["id"], "ood": {k: rows[k] for k in ood}}}
+
+
+def rows_from_record(record: dict) -> dict[str, list[dict]]:
+    """The per-prompt rows of an eval JSON, keyed like `evaluate_rows`."""
+    return {"id": record["per_prompt"]["id"], **record["per_prompt"]["ood"]}
 
 
 @torch.no_grad()

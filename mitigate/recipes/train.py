@@ -15,7 +15,8 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mitigate import config as C
-from mitigate.core.io import MetricsLog, check_output, run_folder, write_meta
+from mitigate.budget import Budget, Metered, MeteredTask
+from mitigate.core.io import MetricsLog, check_output, run_folder, write_json, write_meta
 from mitigate.core.seeding import numpy_stream, torch_stream
 from mitigate.metrics import pass_at_k
 from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
@@ -68,13 +69,16 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
         raise C.ConfigError(f"task parameters differ from those the checkpoint '{init}' was pretrained on; "
                             "train on the same task (drop task.* overrides)")
     policy.model.train()
-    reference = policy.frozen_copy()
+    # every sample, score and verifier call below is counted into the run's budget
+    budget = Budget()
+    reference = Metered(policy.frozen_copy(), budget, "reference_generations")
+    student, train_task = Metered(policy, budget, "rollouts"), MeteredTask(task, budget)
     objective_cfg = tc.objective
-    teacher = Teacher(getattr(objective_cfg, "teacher", "live"), policy, reference,
+    teacher = Teacher(getattr(objective_cfg, "teacher", "live"), student, reference,
                       getattr(objective_cfg, "ema_decay", 0.99))
     opt = torch.optim.AdamW(policy.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     policy.wrapped, opt = accelerator.prepare(policy.model, opt)
-    ctx = Context(task=task, policy=policy, reference=reference, teacher=teacher,
+    ctx = Context(task=train_task, policy=student, reference=reference, teacher=teacher,
                   generator=torch_stream(cfg.seed, "objective", rank),
                   reference_generator=torch_stream(cfg.seed, "reference", rank),
                   temperature=tc.temperature, batch_size=cfg.eval.batch_size)
@@ -99,19 +103,19 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
             # ---- rollouts: this process's share of the step's prompts, G samples each, verified
             idx = order[step - 1].reshape(world, -1)[rank]
             prompts = [pool[i] for i in idx]
-            r = generate(policy, task, prompts, G, tc.temperature, rollout_gen, cfg.eval.batch_size)
+            r = generate(student, train_task, prompts, G, tc.temperature, rollout_gen, cfg.eval.batch_size)
             tokens, mask = r.tokens.to(dev), r.mask.float().to(dev)
             correct = torch.as_tensor(r.correct, device=dev)
             # ---- scores fixed for the step: the sampling policy's and the reference's log-probs
             with torch.no_grad():
-                old = gather_tokens(policy.logprobs(r.contexts, tokens, mask), tokens)
+                old = gather_tokens(student.logprobs(r.contexts, tokens, mask), tokens)
                 ref = reference.logprobs(r.contexts, tokens, mask)
             # ---- objective + KL anchor + regularizers, `inner_epochs` optimizer passes
             for _ in range(tc.inner_epochs):
                 batch = Batch(prompts=prompts, group_index=r.group_index.to(dev), contexts=r.contexts,
                               tokens=tokens, mask=mask, rewards=correct.float(), correct=correct,
                               labels=torch.as_tensor(r.labels, device=dev),
-                              logprobs=policy.logprobs(r.contexts, tokens, mask), old_token_logprobs=old,
+                              logprobs=student.logprobs(r.contexts, tokens, mask), old_token_logprobs=old,
                               ref_logprobs=ref)
                 loss, scalars = objective(batch, ctx, tc.objective)
                 if tc.kl_coef > 0:  # the shared KL anchor to the frozen base, same for every objective
@@ -145,9 +149,11 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                     row.update(probe(policy, task, cfg, probe_gen))
                 log.log(row)
                 bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_base']:.3f}")
-        # ---- checkpoint
+        # ---- checkpoint and budget (this process's share; the probe is evaluation, not counted)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            budget.wall_seconds = round(time.time() - t0, 2)
+            write_json(tmp / "budget.json", {**budget.to_dict(), "processes": world})
             policy.save(tmp / "checkpoint", checkpoint_record(cfg, method, policy))
     accelerator.wait_for_everyone()
     return Path(out)

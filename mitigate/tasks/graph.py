@@ -27,7 +27,7 @@ from mitigate.tasks.base import Vocab, register_task
 
 PAD, BOS, EOS, SEP, DEMO = 0, 1, 2, 3, 4
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>", "<demo>")
-SPLITS = ("pretrain", "id_train", "id_val", "id_test", "ood_blocked", "ood_rare")
+SPLITS = ("pretrain", "id_train", "id_val", "id_test", "ood_closed", "ood_rare")
 
 
 _f = opt
@@ -96,9 +96,14 @@ class GraphTask:
     train_split = "id_train"
     val_split = "id_val"
     test_split = "id_test"
-    # result key -> split: blocked = an ID test pair with its pretraining-preferred concept closed;
-    # rare = pairs whose only feasible concepts are rare in pretraining
-    ood_splits = {"blocked": "ood_blocked", "rare": "ood_rare"}
+    # result key -> split, named by what it tests:
+    #   closed_strategy: an ID test pair with one of its feasible concepts closed, chosen uniformly
+    #     (not by any model's preference); unannounced, so only a model that still samples other
+    #     strategies passes. Its pass@1 is neutral to how a perfect model spreads over concepts
+    #     (expected 1 - 1/|F|); its pass@k for large k rewards covering several.
+    #   rare_only: pairs whose only feasible concepts are rare in pretraining; these pairs are in
+    #     neither pretraining nor post-training (unseen structure, reached only by rare strategies)
+    ood_splits = {"closed_strategy": "ood_closed", "rare_only": "ood_rare"}
 
     # ------------------------------------------------------------------ graph
     @cached_property
@@ -238,14 +243,15 @@ class GraphTask:
             "id_test": [Prompt(s, g, "id_test") for s, g in test],
             "ood_rare": [Prompt(s, g, "ood_rare") for s, g in rare_only],
         }
-        # Blocked: ID test pairs with an alternative; the concept the pretraining prior prefers
-        # for the pair (the lowest-ranked feasible one, which the base model learns) is closed.
-        blocked = []
+        # Closed strategy: ID test pairs with an alternative, one feasible concept closed, drawn
+        # uniformly from the task seed (never from a model's or the prior's preference).
+        closed_rng = np.random.default_rng([p.seed, 3])
+        closed = []
         for q in out["id_test"]:
             feas = self.feasible_concepts(q.start, q.goal)
             if len(feas) >= 2:
-                blocked.append(Prompt(q.start, q.goal, "ood_blocked", blocked=int(feas.min())))
-        out["ood_blocked"] = blocked
+                closed.append(Prompt(q.start, q.goal, "ood_closed", blocked=int(closed_rng.choice(feas))))
+        out["ood_closed"] = closed
         return out
 
     def prompts(self, split: str) -> list[Prompt]:

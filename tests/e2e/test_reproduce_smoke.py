@@ -44,7 +44,7 @@ def get(tree, path):
 
 
 def test_files(reproduced):
-    out, _ = reproduced
+    out, s = reproduced
     for name in ("summary.json", "summary.md", "config.yaml"):
         assert (out / name).is_file(), name
     # figures are drawn by `python -m analysis figures` (tests/unit/test_analysis.py), not by reproduce
@@ -54,12 +54,15 @@ def test_files(reproduced):
     for m in METHODS:
         assert f"| {m} |" in md
     header = next(line for line in md.splitlines() if line.startswith("| method | seeds"))
-    assert "blocked pass@8" in header and "rare pass@8" in header  # the largest k evaluated (n = 8)
+    assert "closed_strategy pass@8" in header and "rare_only pass@8" in header  # the largest k evaluated (n = 8)
     assert "pass@64" not in header
     # the ranking names the k it ranked on, not the k a default run would use
     rank_header = next(line for line in md.splitlines() if line.startswith("| rank | method"))
-    assert "ID pass@8" in rank_header and "blocked pass@8" in rank_header
+    ranked_or_saturated = rank_header + " ".join(s["not_ranked_saturated"])
+    assert "ID pass@8" in ranked_or_saturated and "closed_strategy pass@8" in ranked_or_saturated
     assert "pass@64" not in rank_header
+    for col in s["not_ranked_saturated"]:  # a saturated column is named in the text, not ranked
+        assert f"| {col} |" not in rank_header and col in md
 
 
 def test_summary_schema(reproduced, smoke_cfg):
@@ -77,8 +80,8 @@ def test_summary_schema(reproduced, smoke_cfg):
         assert list(m["id"]["pass_at_k"]) == ks
         for key in ID_SCALARS:
             assert isinstance(m["id"][key], float), (name, key)
-        assert set(m["ood"]) == {"blocked", "rare"}
-        for split in ("blocked", "rare"):
+        assert set(m["ood"]) == {"closed_strategy", "rare_only"}
+        for split in ("closed_strategy", "rare_only"):
             assert list(m["ood"][split]["pass_at_k"]) == ks
         # ci95 has the same keys as the means
         assert set(m["ci95"]) == {"id", "ood"}
@@ -88,13 +91,14 @@ def test_summary_schema(reproduced, smoke_cfg):
         assert [p["seed"] for p in m["per_seed"]] == m["seeds"]
         for p in m["per_seed"]:
             assert list(p["id"]["pass_at_k"]) == ks
-            assert set(p["ood"]) == {"blocked", "rare"}
+            assert set(p["ood"]) == {"closed_strategy", "rare_only"}
 
 
 def test_values_and_intervals(reproduced):
     _, s = reproduced
     for name, m in s["methods"].items():
-        for split_pk in (m["id"]["pass_at_k"], m["ood"]["blocked"]["pass_at_k"], m["ood"]["rare"]["pass_at_k"]):
+        for split_pk in (m["id"]["pass_at_k"], m["ood"]["closed_strategy"]["pass_at_k"],
+                         m["ood"]["rare_only"]["pass_at_k"]):
             v = np.array(list(split_pk.values()))
             assert ((v >= 0) & (v <= 1)).all() and (np.diff(v) >= -1e-12).all(), (name, v)
         for path, mean in leaves({"id": m["id"], "ood": m["ood"]}):
@@ -175,7 +179,59 @@ def test_default_base_meets_acceptance(tmp_path):
     assert bias["lift"] >= 0.15, report
     # the self-teacher knows more than its student: the headroom SDSD distils from (0.81 vs 0.64)
     assert bias["pass_at_1_with_demo"] >= bias["pass_at_1_without_demo"] + 0.1, report
-    for split in ("blocked", "rare"):
+    for split in ("closed_strategy", "rare_only"):
         pk = res["ood"][split]["pass_at_k"]
         assert pk["64"] >= 0.5, (split, report)
         assert pk["1"] < idm["pass_at_k"]["1"], (split, report)
+
+
+def test_paired_differences_budget_and_per_prompt_results(reproduced):
+    """Every method carries paired differences against grpo and sdsd (same keys as its means, the
+    mean equal to the difference of means), a budget per run, and each run folder an eval.json
+    whose per-prompt rows reproduce the summary's per-seed means."""
+    out, s = reproduced
+    for name, m in s["methods"].items():
+        assert set(m["paired"]) == {"grpo", "sdsd"} - {name}, name
+        for ref, d in m["paired"].items():
+            for path, mean in leaves({"id": m["id"], "ood": m["ood"]}):
+                cell = get(d, path)
+                other = get(s["methods"][ref], path)
+                if math.isnan(mean) or math.isnan(other):
+                    continue
+                assert cell["mean"] == pytest.approx(mean - other, abs=1e-12), (name, ref, path)
+                lo, hi = cell["ci95"]
+                assert lo - 1e-9 <= cell["mean"] <= hi + 1e-9, (name, ref, path)
+        assert set(m["budget"]) == {"rollouts", "verifier_calls", "reference_generations", "forward_tokens",
+                                    "backward_tokens", "wall_seconds"}
+    b = s["budget"]
+    rollouts = b["steps"] * b["prompts_per_step"] * b["group_size"]
+    for name in METHODS[1:]:
+        assert s["methods"][name]["budget"]["rollouts"] == rollouts, name
+        assert s["methods"][name]["budget"]["backward_tokens"] > 0
+    assert s["methods"]["base"]["budget"]["rollouts"] == 0
+    # replay draws reference paths (extra generations, extra verifier calls); plain SDSD does not
+    assert s["methods"]["sdsd_ot_replay"]["budget"]["reference_generations"] > 0
+    assert s["methods"]["sdsd"]["budget"]["reference_generations"] == 0
+    assert s["methods"]["sdsd_ot_replay"]["budget"]["verifier_calls"] > s["methods"]["sdsd"]["budget"]["verifier_calls"]
+    record = json.loads((out / "sdsd-seed1" / "eval.json").read_text())
+    per_seed = next(p for p in s["methods"]["sdsd"]["per_seed"] if p["seed"] == 1)
+    rows = record["per_prompt"]["id"]
+    assert per_seed["id"]["pass_at_k"]["1"] == pytest.approx(np.mean([r["pass_at_k"]["1"] for r in rows]))
+    assert set(record["per_prompt"]["ood"]) == {"closed_strategy", "rare_only"}
+
+
+def test_tradeoff_curves(reproduced):
+    """GRPO and SDSD at weaker updates (weights interpolated with the base) form curves from the
+    base to the trained method; every other method has a gap above each curve with an interval."""
+    _, s = reproduced
+    curves = s["tradeoff"]["curves"]
+    assert set(curves) == {"grpo", "sdsd"}
+    for name, points in curves.items():
+        assert [p["alpha"] for p in points] == [0.0, 0.25, 0.5, 0.75, 1.0]
+        assert points[0]["id"] == s["methods"]["base"]["id"] and points[-1]["id"] == s["methods"][name]["id"]
+    gaps = s["tradeoff"]["gaps_above"]
+    assert set(gaps["sdsd_cmi"]) == {"grpo", "sdsd"} and set(gaps["grpo"]) == {"sdsd"}
+    for by_metric in gaps["sdsd_cmi"].values():
+        assert "id concepts" in by_metric
+        for g in by_metric.values():
+            assert 0.0 <= g["outside_share"] <= 1.0 and len(g["ci95"]) == 2
