@@ -170,8 +170,9 @@ def _err(v: float, ci: list[float]) -> list[list[float]]:
 
 @styled
 def plot_pareto(summary: dict, path: str | Path) -> list[Path] | None:
-    """ID pass@1 (x) against pass@k_max on the first OOD split (y), 95% intervals as error bars.
-    None (nothing drawn) without an OOD split."""
+    """ID pass@1 (x) against pass@k_max on the first OOD split (y), 95% intervals as error bars,
+    with the trade-off curves of summary["tradeoff"] (GRPO and SDSD at weaker updates) as lines a
+    mitigation is judged against. None (nothing drawn) without an OOD split."""
     splits = ood_splits(summary)
     if not splits:
         return None
@@ -192,6 +193,14 @@ def plot_pareto(summary: dict, path: str | Path) -> list[Path] | None:
                     elinewidth=0.8, label=name)
         points.append((x, y))
         labels.append(name)
+    # trade-off curves: base -> weaker updates (weights interpolated with the base) -> trained
+    for curve_name, curve in summary.get("tradeoff", {}).get("curves", {}).items():
+        pts = [(c["id"]["pass_at_k"][k_id], c["ood"][split]["pass_at_k"][k_ood]) for c in curve
+               if k_ood in c["ood"].get(split, {}).get("pass_at_k", {})]
+        if len(pts) > 1:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, "-", color=method_style(curve_name, names)["color"], lw=1.0, alpha=0.6, zorder=0,
+                    label=f"{curve_name} weaker updates")
     ax.set_xlabel(f"ID pass@{k_id}")
     ax.set_ylabel(f"OOD {split} pass@{k_ood}")
     ax.set_title(textwrap.fill(f"ID pass@{k_id} vs. OOD {split} pass@{k_ood} (95% intervals)", 55))
