@@ -5,9 +5,10 @@ last hidden state (after the final norm) and `W` [V, H] the output projection. T
 get a per-token divergence materialises the logits, both log-softmaxes and the autograd buffers
 for every position at once: [N, V] several times over, which for 64 rollouts x 512 tokens x a
 152k vocabulary is about 20 GB per copy in fp32. Here the N positions are cut into chunks of
-`chunk_size`; each chunk's logits live only inside a `torch.utils.checkpoint` region, so the
-forward keeps one chunk's [C, V] at a time and the backward recomputes them chunk by chunk. Peak
-memory then grows with `chunk_size * V`, not `N * V`; values and gradients are those of the naive
+`chunk_size`: the forward keeps no logits, and the backward recomputes each chunk's logits, takes
+the divergence's gradient with respect to them and applies the projection's gradients by hand,
+accumulating the weight's gradient in place. Peak memory then grows with `chunk_size * V` plus
+one weight gradient, not `N * V`; values and gradients are those of the naive
 path (tested in tests/unit/test_hf_policy.py).
 
     full       chunked_divergence(student_h, teacher_h, W_s, W_t, kind)          exact
@@ -26,9 +27,10 @@ is always a stop-gradient target.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from mitigate.ops import DIVERGENCES, token_divergence
 
@@ -51,17 +53,79 @@ def naive_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
     return token_divergence(student, teacher, kind)
 
 
-def _chunk_divergence(student_hidden, teacher_hidden, student_weight, student_bias, teacher_weight, teacher_bias,
-                      kind):
-    # Run inside checkpoint(): everything built here is freed after the forward and rebuilt in the backward.
-    student = log_softmax_logits(student_hidden, student_weight, student_bias)
-    with torch.no_grad():
-        teacher = log_softmax_logits(teacher_hidden, teacher_weight, teacher_bias)
-    return token_divergence(student, teacher, kind)
+def autograd_logits_grad(value_fn):
+    """grad_fn for any `value_fn(logits, *targets) -> [C]`: G = d(sum grad_out * value) / d logits by autograd."""
+
+    def grad_fn(hidden, weight, bias, grad_out, *targets):
+        logits = F.linear(hidden, weight, bias).requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(value_fn(logits, *targets), logits, grad_out)
+        return g
+
+    return grad_fn
 
 
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+class _ChunkedFromLogits(torch.autograd.Function):
+    """d = value_fn(W h + b, *targets) for chunks of positions. The forward keeps no logits; in the
+    backward, `grad_fn(h, W, b, grad_out, *targets)` recomputes a chunk's logits and returns
+    G = grad_out * dd/dlogits [C, V]; the projection's gradients are then applied by hand: dh = G W,
+    dW += G^T h, db += sum G, the weight's gradient accumulated in place. (Checkpointing each chunk
+    with torch.utils.checkpoint instead keeps autograd's whole graph per chunk and a [V, H] weight
+    gradient per chunk that autograd then sums; benchmarks/divergence_memory.py measures both.)"""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, value_fn, grad_fn, chunk_size, *targets):
+        ctx.grad_fn, ctx.chunk_size = grad_fn, chunk_size
+        ctx.save_for_backward(hidden, weight, bias, *targets)
+        parts = []
+        for lo in range(0, len(hidden), chunk_size):
+            sl = slice(lo, lo + chunk_size)
+            parts.append(value_fn(F.linear(hidden[sl].to(weight.dtype), weight, bias), *(t[sl] for t in targets)))
+        return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        hidden, weight, bias, *targets = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        for lo in range(0, len(hidden), ctx.chunk_size):
+            sl = slice(lo, lo + ctx.chunk_size)
+            h = hidden[sl].to(weight.dtype)
+            g = ctx.grad_fn(h, weight, bias, grad_out[sl], *(t[sl] for t in targets)).to(weight.dtype)
+            if need_h:
+                grad_h[sl] = (g @ weight).to(hidden.dtype)
+            if need_w:
+                grad_w.addmm_(g.T, h)
+            if need_b:
+                grad_b += g.sum(0)
+            del g
+        return grad_h, grad_w, grad_b, None, None, None, *(None for _ in targets)
+
+
+def divergence_logits_grad(logits: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    """dD/dlogits [C, V] (fp32) of the per-position divergence D between p = softmax(logits) and the
+    teacher's log-probs `teacher`, in closed form and mostly in place (three [C, V] buffers where
+    autograd's graph keeps about eight). With s = log p, t = log q, m = (p + q) / 2:
+
+        reverse_kl  D = sum p (s - t)          dD/dz = p * ((s - t) - D)
+        forward_kl  D = sum q (t - s)          dD/dz = p - q
+        jsd         D = (KL(p||m) + KL(q||m))/2  dD/dz = p * (a - sum p a),  a = (s - log m) / 2
+    """
+    s = torch.log_softmax(logits.float(), -1)
+    if kind == "forward_kl":
+        return s.exp_().sub_(teacher.exp())
+    p = s.exp()
+    if kind == "reverse_kl":
+        a = s.sub_(teacher)
+    else:  # jsd
+        log_m = torch.logaddexp(s, teacher).sub_(math.log(2.0))
+        a = s.sub_(log_m).mul_(0.5)
+        del log_m
+    mean = torch.bmm(p.unsqueeze(1), a.unsqueeze(2)).view(-1, 1)  # sum_v p a, without a [C, V] product
+    return a.sub_(mean).mul_(p)
 
 
 def _check(kind: str, chunk_size: int) -> None:
@@ -78,21 +142,26 @@ def chunked_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tenso
     """Per-position full-vocabulary divergence [N] from hidden states [N, H] and projections [V, H].
 
     Equal (values and gradients with respect to the student's hidden states, weight and bias) to
-    `naive_divergence`, computed `chunk_size` positions at a time under activation checkpointing.
-    The teacher's tensors are detached: it is a target, never trained through this term. Pass only
-    the positions that count (e.g. `hidden[mask.bool()]`): padding costs as much as a real token."""
+    `naive_divergence`, computed `chunk_size` positions at a time; the backward recomputes each
+    chunk's logits instead of keeping them. The teacher's tensors are detached: it is a target,
+    never trained through this term. Pass only the positions that count (e.g.
+    `hidden[mask.bool()]`): padding costs as much as a real token."""
     _check(kind, chunk_size)
-    teacher_hidden, teacher_weight = teacher_hidden.detach(), teacher_weight.detach()
+    teacher_weight = teacher_weight.detach()
     teacher_bias = None if teacher_bias is None else teacher_bias.detach()
-    grad = _needs_grad(student_hidden, student_weight, student_bias)
-    parts = []
-    for lo in range(0, len(student_hidden), chunk_size):
-        args = (student_hidden[lo:lo + chunk_size], teacher_hidden[lo:lo + chunk_size], student_weight,
-                student_bias, teacher_weight, teacher_bias, kind)
-        parts.append(checkpoint(_chunk_divergence, *args, use_reentrant=False) if grad else _chunk_divergence(*args))
-    if not parts:
-        return student_hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat(parts)
+
+    def teacher_logprobs(teacher_h):
+        return log_softmax_logits(teacher_h, teacher_weight, teacher_bias)
+
+    def values(logits, teacher_h):
+        return token_divergence(torch.log_softmax(logits.float(), -1), teacher_logprobs(teacher_h), kind)
+
+    def grads(hidden, weight, bias, grad_out, teacher_h):
+        teacher = teacher_logprobs(teacher_h)  # first, so the student's logits are never alive beside the teacher's
+        return divergence_logits_grad(F.linear(hidden, weight, bias), teacher, kind).mul_(grad_out[:, None])
+
+    return _ChunkedFromLogits.apply(student_hidden, student_weight, student_bias, values, grads, chunk_size,
+                                    teacher_hidden.detach())
 
 
 # ----------------------------------------------------------------------------- top-k with a tail bucket
@@ -123,28 +192,21 @@ def teacher_topk(teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor, k: 
     return torch.cat(ids), torch.cat(logprobs)
 
 
-def _chunk_topk_tail(student_hidden, student_weight, student_bias, teacher_ids, teacher_logprobs, kind):
-    student = log_softmax_logits(student_hidden, student_weight, student_bias).gather(-1, teacher_ids)
-    return token_divergence(tail_bucket(student), tail_bucket(teacher_logprobs), kind)
-
-
 def topk_tail_divergence(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher_ids: torch.Tensor,
                          teacher_logprobs: torch.Tensor, kind: str = "reverse_kl", chunk_size: int = 256,
                          student_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Per-position divergence [N] between student and teacher coarsened to the teacher's top-k tokens
     plus one tail bucket (see the module docstring). The student's full-vocabulary normaliser is
-    still computed, in chunks under checkpointing; the teacher enters only through [N, k]."""
+    still computed, in chunks; the teacher enters only through [N, k]."""
     _check(kind, chunk_size)
-    teacher_ids, teacher_logprobs = teacher_ids.detach(), teacher_logprobs.detach().float()
-    grad = _needs_grad(student_hidden, student_weight, student_bias)
-    parts = []
-    for lo in range(0, len(student_hidden), chunk_size):
-        sl = slice(lo, lo + chunk_size)
-        args = (student_hidden[sl], student_weight, student_bias, teacher_ids[sl], teacher_logprobs[sl], kind)
-        parts.append(checkpoint(_chunk_topk_tail, *args, use_reentrant=False) if grad else _chunk_topk_tail(*args))
-    if not parts:
-        return student_hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat(parts)
+
+    def values(logits, ids, teacher_lp):
+        student = torch.log_softmax(logits.float(), -1).gather(-1, ids)
+        return token_divergence(tail_bucket(student), tail_bucket(teacher_lp.float()), kind)
+
+    return _ChunkedFromLogits.apply(student_hidden, student_weight, student_bias, values,
+                                    autograd_logits_grad(values), chunk_size, teacher_ids.detach(),
+                                    teacher_logprobs.detach())
 
 
 def divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_weight: torch.Tensor,
