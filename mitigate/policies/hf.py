@@ -113,6 +113,9 @@ def load_tokenizer(path: str | Path, allow_download: bool = False):
     """The checkpoint's tokenizer, checked: it has a pad token, and the class AutoTokenizer picks
     encodes like the folder's own tokenizer.json (a `qwen2` config, for one, makes AutoTokenizer
     rebuild the pre-tokenizer, which silently changes ids of a custom tokenizer)."""
+    if not allow_download and not Path(path).is_dir():
+        raise ConfigError(f"tokenizer folder not found: '{path}' does not exist (a local folder holding the "
+                          "tokenizer files, normally the model's own folder)")
     with quiet_transformers():
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=not allow_download)
     if tok.pad_token_id is None:
