@@ -12,6 +12,7 @@ one weight gradient, not `N * V`; values and gradients are those of the naive
 path (tested in tests/unit/test_hf_policy.py).
 
     full       chunked_divergence(student_h, teacher_h, W_s, W_t, kind)          exact
+    tokens     chunked_token_logprobs(h, W, tokens)                             log p of given tokens
     topk_tail  teacher_topk(teacher_h, W_t, k) -> (ids, logprobs)               an approximation:
                topk_tail_divergence(student_h, W_s, ids, logprobs, kind)        the teacher's top-k
                                                                                  tokens plus one tail bucket
@@ -162,6 +163,25 @@ def chunked_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tenso
 
     return _ChunkedFromLogits.apply(student_hidden, student_weight, student_bias, values, grads, chunk_size,
                                     teacher_hidden.detach())
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 256,
+                           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """log softmax(W h + b)[token] at each position: [N, H], [N] -> [N] fp32, in chunks, with the
+    closed-form gradient d log p_y / dz = onehot(y) - p. What GRPO's ratio and the k3 anchor need,
+    without the [N, V] log-probs."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    def values(logits, ids):
+        return torch.log_softmax(logits.float(), -1).gather(-1, ids[:, None])[:, 0]
+
+    def grads(hidden, weight, bias, grad_out, ids):
+        g = torch.softmax(F.linear(hidden, weight, bias).float(), -1).neg_()
+        g.scatter_add_(-1, ids[:, None], torch.ones_like(ids, dtype=g.dtype)[:, None])
+        return g.mul_(grad_out[:, None])
+
+    return _ChunkedFromLogits.apply(hidden, weight, bias, values, grads, chunk_size, tokens.detach())
 
 
 # ----------------------------------------------------------------------------- top-k with a tail bucket

@@ -20,9 +20,10 @@ What it guarantees, because each silently changes results when left to library d
 - The random stream: `sample` draws one seed per batch from the caller's generator and runs
   `generate` under a forked global RNG, so named streams stay reproducible.
 
-`divergence(...)` computes per-token full-vocabulary divergences to a teacher from last hidden
-states in chunks (`mitigate.policies.chunked`), without the [B, T, V] tensor; `logprobs(...)`
-keeps the protocol's full [B, T, V] path. `build_tiny_checkpoint` writes a tiny random Llama or
+`divergence(...)` computes per-token full-vocabulary divergences to a teacher, and
+`token_logprobs(...)` the log-probs of the completion tokens, from last hidden states in chunks
+(`mitigate.policies.chunked`), without the [B, T, V] tensor; `logprobs(...)` keeps the protocol's
+full [B, T, V] path. `build_tiny_checkpoint` writes a tiny random Llama or
 Qwen3 checkpoint with a locally trained tokenizer and a chat template, for tests and smoke runs.
 """
 
@@ -52,7 +53,7 @@ from mitigate.core.fields import ConfigError, Section, build, opt
 from mitigate.core.io import atomic_dir
 from mitigate.ops import DIVERGENCES
 from mitigate.policies.base import META_FILE, Samples, register_policy
-from mitigate.policies.chunked import APPROXIMATIONS, divergence
+from mitigate.policies.chunked import APPROXIMATIONS, chunked_token_logprobs, divergence
 from mitigate.policies.tiny_gpt import left_pad, positions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -381,6 +382,24 @@ class HFPolicy:
         module = self.wrapped if torch.is_grad_enabled() else self.model
         return self._forward(module, contexts, tokens, mask, hidden=True)
 
+    def token_logprobs(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log p of each completion token [B, T] (0 where mask is 0), from hidden states in chunks of
+        `divergence_chunk` positions: `gather(logprobs(...), tokens)` without the [B, T, V] tensor."""
+        self._check_plain_logits()
+        keep = mask.to(self.device).bool()
+        hidden = self.completion_hidden(contexts, tokens, mask)[keep]
+        weight, bias = self.output_projection()
+        per_token = chunked_token_logprobs(hidden, weight, tokens.to(self.device)[keep], self.cfg.divergence_chunk,
+                                           bias)
+        out = torch.zeros(keep.shape, dtype=per_token.dtype, device=per_token.device)
+        return out.masked_scatter(keep, per_token)
+
+    def _check_plain_logits(self, *others: HFPolicy) -> None:
+        for p in (self, *others):
+            if p.logit_transform:
+                raise NotImplementedError(f"chunked scoring needs logits = W h + b; this model applies "
+                                          f"{p.logit_transform}")
+
     def output_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         head = self.model.get_output_embeddings()
         return head.weight, getattr(head, "bias", None)
@@ -393,10 +412,7 @@ class HFPolicy:
         Gradients flow into this policy only; the teacher runs under no-grad in eval mode."""
         if kind not in DIVERGENCES:
             raise ValueError(f"unknown divergence '{kind}'; allowed: {', '.join(DIVERGENCES)}")
-        for p in (self, teacher):
-            if p.logit_transform:
-                raise NotImplementedError(f"the chunked divergence needs logits = W h + b; this model applies "
-                                          f"{p.logit_transform}")
+        self._check_plain_logits(teacher)
         keep = mask.to(self.device).bool()
         student_h = self.completion_hidden(contexts, tokens, mask)[keep]
         was = teacher.model.training

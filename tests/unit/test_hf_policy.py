@@ -17,6 +17,7 @@ from mitigate.ops import DIVERGENCES, gather_tokens, token_divergence
 from mitigate.policies import load_policy
 from mitigate.policies.chunked import (
     chunked_divergence,
+    chunked_token_logprobs,
     divergence,
     naive_divergence,
     tail_bucket,
@@ -92,6 +93,18 @@ def test_chunked_divergence_equals_the_naive_full_tensor_path(kind, bias):
     g_chunked = torch.autograd.grad((chunked * torch.linspace(0.5, 2, len(chunked))).sum(), params)
     torch.testing.assert_close(chunked, naive, rtol=1e-5, atol=1e-6)
     for a, e in zip(g_chunked, g_naive):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_token_logprobs_equal_the_gathered_log_softmax():
+    s_h, _, w, _, b = projection_case(bias=True)
+    ids = torch.randint(0, w.shape[0], (len(s_h),), generator=torch.Generator().manual_seed(1))
+    expected = torch.log_softmax(s_h @ w.T + b, -1).gather(-1, ids[:, None])[:, 0]
+    got = chunked_token_logprobs(s_h, w, ids, chunk_size=6, bias=b)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    weights = torch.linspace(-1, 2, len(ids))
+    for a, e in zip(torch.autograd.grad((got * weights).sum(), [s_h, w, b]),
+                    torch.autograd.grad((expected * weights).sum(), [s_h, w, b])):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
@@ -303,6 +316,18 @@ def test_policy_divergence_equals_the_full_logprob_path(policy, batch, kind):
     with torch.no_grad():
         t_lp = teacher.logprobs(teacher_contexts, tokens, mask)
     expected = token_divergence(policy.logprobs(contexts, tokens, mask), t_lp, kind) * mask
+    g_exp = torch.autograd.grad(expected.sum(), params)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for a, e in zip(g_got, g_exp):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+
+
+def test_token_logprobs_without_the_vocabulary_tensor(policy, batch):
+    contexts, tokens, mask = batch
+    params = list(policy.model.parameters())
+    got = policy.token_logprobs(contexts, tokens, mask)
+    g_got = torch.autograd.grad(got.sum(), params)
+    expected = gather_tokens(policy.logprobs(contexts, tokens, mask), tokens) * mask
     g_exp = torch.autograd.grad(expected.sum(), params)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     for a, e in zip(g_got, g_exp):
