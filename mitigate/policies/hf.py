@@ -190,7 +190,8 @@ class SamplingRecorder(LogitsProcessor):
         if self._last is not None:  # the token drawn at the previous step is now the last input id
             self.token_logprobs.append(self._last.gather(-1, input_ids[:, -1:]).squeeze(-1))
         logp = torch.log_softmax(scores.float() / self.temperature, -1)
-        self.entropy.append(-(logp.exp() * logp).sum(-1))
+        p = logp.exp()
+        self.entropy.append(-torch.special.xlogy(p, p).sum(-1))  # 0 log 0 = 0 for tokens of probability 0
         self._last = logp
         return scores
 
