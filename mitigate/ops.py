@@ -132,3 +132,24 @@ def pick_demonstrations(group_index: torch.Tensor, correct: torch.Tensor, m: int
             pool = good[good != i] if len(good) > 1 else good
             out[i] = pool[torch.randint(len(pool), (m,), generator=generator)]
     return out
+
+
+def leave_one_out_mean(values: torch.Tensor, group_index: torch.Tensor, include: torch.Tensor) -> torch.Tensor:
+    """For each row i, the mean of `values` over the OTHER rows of its group with include = True
+    (a row's own value never enters its own baseline); NaN where there is no such row."""
+    n = int(group_index.max()) + 1
+    w = include.to(values.dtype)
+    total = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, values * w)
+    count = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, w)
+    others_total = total[group_index] - values * w
+    others_count = count[group_index] - w
+    return torch.where(others_count > 0, others_total / others_count.clamp(min=1), torch.full_like(values, math.nan))
+
+
+def masked_group_mean(values: torch.Tensor, group_index: torch.Tensor, include: torch.Tensor) -> torch.Tensor:
+    """For each row, the mean of `values` over the rows of its group with include = True (NaN if none)."""
+    n = int(group_index.max()) + 1
+    w = include.to(values.dtype)
+    total = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, values * w)
+    count = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, w)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))[group_index]

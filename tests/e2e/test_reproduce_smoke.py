@@ -13,7 +13,8 @@ import pytest
 from mitigate import cli
 from mitigate.metrics import ks_up_to
 
-METHODS = ["base", "grpo", "sdsd", "sdsd_cmi", "sdsd_marginal", "sdsd_entropy", "sdsd_ot", "sdsd_ot_replay"]
+METHODS = ["base", "grpo", "sdsd", "sdsd_cmi", "sdsd_anticopy", "sdsd_marginal", "sdsd_entropy", "sdsd_ot",
+           "sdsd_ot_replay", "sdsd_replay", "grpo_ot_replay"]
 SEEDS = [0, 1]
 ID_SCALARS = ("distinct_correct", "concepts", "concept_entropy", "token_entropy")
 

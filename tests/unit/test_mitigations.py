@@ -61,7 +61,7 @@ def test_toy_regularizer_registered_from_test_file_trains_two_steps(base, tmp_pa
 
 
 @pytest.mark.parametrize("objective,regs", [
-    ("sdsd_marginal", []), ("sdsd_cmi", []),
+    ("sdsd_marginal", []), ("sdsd_cmi", []), ("sdsd_anticopy", []),
     ("sdsd", [{"name": "entropy", "coef": 0.01, "base_kl": 0.1}]), ("sdsd", [{"name": "ot", "coef": 0.5}]),
     ("sdsd", [{"name": "ot", "coef": 0.5, "replay": 1.0}]),
 ])
@@ -86,6 +86,7 @@ def test_builtin_mitigations_train_and_log(base, tmp_path, objective, regs):
     ("train.objective={name: sdsd_marginal, M: 0}", "'train.objective.M' must be >= 1"),
     ("train.objective={name: sdsd_cmi, M: 0}", "'train.objective.M' must be >= 1"),
     ("train.objective={name: sdsd_cmi, coef: -1}", "'train.objective.coef' must be >= 0"),
+    ("train.objective={name: sdsd_cmi, coef: 3}", "'train.objective.coef' must be <= 1"),
 ])
 def test_bad_mitigation_config_names_the_problem(override, needle):
     with pytest.raises(C.ConfigError) as err:
@@ -99,7 +100,7 @@ def test_unknown_objective_lists_registered():
     with pytest.raises(C.ConfigError) as err:
         C.load(preset="smoke", overrides=["train.objective.name=sdsd_marginl"])
     names = OBJECTIVES.names()
-    assert {"grpo", "sdsd", "sdsd_cmi", "sdsd_marginal"} <= set(names)
+    assert {"grpo", "sdsd", "sdsd_cmi", "sdsd_anticopy", "sdsd_marginal"} <= set(names)
     assert "did you mean 'sdsd_marginal'" in str(err.value)
     assert "registered: " + ", ".join(names) in str(err.value)
 
@@ -157,20 +158,34 @@ def test_marginal_with_one_demonstration_is_sdsd(batch_parts):
     torch.testing.assert_close(loss_marg, loss_sdsd, rtol=1e-5, atol=1e-6)
 
 
-def test_cmi_without_reweighting_is_sdsd_and_with_it_differs(batch_parts):
+def test_anticopy_without_its_reward_is_sdsd_and_with_it_differs(batch_parts):
     fn, cfg = _objective("sdsd")
     loss_sdsd, _ = fn(*make_batch(batch_parts), cfg)
-    fn, cfg = _objective("sdsd_cmi", M=1, coef=0.0)
-    loss_cmi0, _ = fn(*make_batch(batch_parts), cfg)
-    torch.testing.assert_close(loss_cmi0, loss_sdsd, rtol=1e-5, atol=1e-6)
-    fn, cfg = _objective("sdsd_cmi", M=1, coef=1.0)
+    fn, cfg = _objective("sdsd_anticopy", M=1, coef=0.0)
+    torch.testing.assert_close(fn(*make_batch(batch_parts), cfg)[0], loss_sdsd, rtol=1e-5, atol=1e-6)
     b, ctx = make_batch(batch_parts)
-    loss_cmi, scalars = fn(b, ctx, cfg)
+    loss, scalars = fn(b, ctx, _objective("sdsd_anticopy", M=1, coef=3.0)[1])
     assert scalars["pcmi_spread_correct"] > 0
-    grad_cmi = torch.autograd.grad(loss_cmi, b.logprobs)[0]
     b0, ctx0 = make_batch(batch_parts)
-    grad_0 = torch.autograd.grad(fn(b0, ctx0, _objective("sdsd_cmi", M=1, coef=0.0)[1])[0], b0.logprobs)[0]
-    assert not torch.allclose(grad_cmi, grad_0)
+    assert not torch.allclose(torch.autograd.grad(loss, b.logprobs)[0],
+                              torch.autograd.grad(fn(b0, ctx0, cfg)[0], b0.logprobs)[0])
+
+
+def test_cmi_correction_gives_correct_rollouts_no_tilt_signal(batch_parts):
+    """coef = 1: a correct rollout's gradient is exactly zero whatever it resembles; incorrect
+    rollouts keep the teacher's signal. coef = 0 (sequence-level SDSD) moves correct rollouts too."""
+    correct = batch_parts["correct"]
+    assert correct.any() and (~correct).any()
+    grads = {}
+    for coef in (0.0, 1.0):
+        b, ctx = make_batch(batch_parts)
+        fn, cfg = _objective("sdsd_cmi", M=2, coef=coef)
+        loss, scalars = fn(b, ctx, cfg)
+        grads[coef] = torch.autograd.grad(loss, b.logprobs)[0].abs().sum((1, 2))
+    has_demo_groups = correct.view(-1, batch_parts["G"]).any(1).repeat_interleave(batch_parts["G"])
+    assert grads[1.0][correct].max() == 0
+    assert grads[1.0][~correct & has_demo_groups].min() > 0
+    assert grads[0.0][correct].max() > 0
 
 
 def test_entropy_bonus_is_minus_mean_entropy_and_its_step_raises_entropy():
