@@ -5,6 +5,12 @@ Every command takes `--set key.sub=value` and `--import MODULE_OR_FILE` (a user'
 the run commands also take `--config FILE` and `--preset NAME`. Bad input (unknown key, value,
 preset, method, missing checkpoint, an output folder that exists or overlaps an input) exits with
 status 2 and a message naming the problem and the allowed choices; nothing is left half-written.
+
+pretrain, train and reproduce work in `OUT.partial` and take `--resume`: the same command plus
+`--resume` continues a killed or stopped run from its last checkpoint, bit-identical on CPU.
+Exit status: 0 done; 2 bad input (config, checkpoint, output, a resume that cannot be exact);
+3 a run stopped by a non-finite loss or gradient (the last good checkpoint stays in OUT.partial);
+130 interrupted (Ctrl-C; what can be resumed is kept).
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ def _common(p: argparse.ArgumentParser, config: bool = True, out_help: str = "ru
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _resumable(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in OUT.partial from its last checkpoint (same command and "
+                        "config; a finished OUT is left as it is)")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mitigate", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"mitigate {_version()}")
@@ -48,10 +60,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train the base model on the task's pretraining split")
     _common(p)
+    _resumable(p)
     p.add_argument("--seed", type=int, help="overrides `seed`")
 
     p = sub.add_parser("train", help="on-policy post-training from a base checkpoint")
     _common(p)
+    _resumable(p)
     p.add_argument("--init", required=True, help="base run folder or checkpoint folder")
     p.add_argument("--seed", type=int, help="overrides `seed`")
 
@@ -64,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="the whole comparison -> summary.json, summary.md")
     _common(p, out_help="output folder")
+    _resumable(p)
     p.add_argument("--base", help="reuse this pretrained base run instead of pretraining (ablation sweeps)")
 
     p = sub.add_parser("table", help="one report over several reproduce/ablation folders")
@@ -79,11 +94,19 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from mitigate.core.fields import ConfigError
+    from mitigate.core.io import InputError, OutputError
+
+    try:  # what needs no heavy import is checked first, so these errors answer at once
+        _early_checks(args)
+    except (ConfigError, OutputError) as e:
+        print(f"mitigate {args.command}: error: {e}", file=sys.stderr)
+        return 2
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    from mitigate.core.fields import ConfigError
-    from mitigate.core.io import OutputError
+    from mitigate.core.guard import NonFiniteError
+    from mitigate.core.resume import ResumeError
     from mitigate.policies import CheckpointError
 
     try:
@@ -92,9 +115,32 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.imports:
             plugins.import_plugin(spec)
         return _dispatch(args)
-    except (ConfigError, CheckpointError, OutputError) as e:
+    except (ConfigError, CheckpointError, OutputError, InputError, ResumeError) as e:
         print(f"mitigate {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"mitigate {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"mitigate {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _early_checks(args) -> None:
+    """Flag values and output paths, before torch and transformers load."""
+    from mitigate.core.fields import ConfigError
+    from mitigate.core.io import check_output_file, plan_run
+
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be an integer in [0, 2**32), got {seed}")
+    if getattr(args, "samples", None) is not None and args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1 (samples per prompt), got {args.samples}")
+    if args.command == "eval":
+        check_output_file(args.out, args.overwrite)
+    elif args.command in ("pretrain", "train", "reproduce"):
+        inputs = [getattr(args, "init", None), getattr(args, "base", None)]
+        plan_run(args.out, args.overwrite, [i for i in inputs if i], args.resume)
 
 
 def _load(args):
@@ -110,19 +156,20 @@ def _dispatch(args) -> int:
     import mitigate
 
     if args.command == "pretrain":
-        out = mitigate.pretrain(_load(args), args.out, args.overwrite, args.quiet)
+        out = mitigate.pretrain(_load(args), args.out, args.overwrite, args.quiet, resume=args.resume)
         print(f"base model written to {out / 'checkpoint'}")
     elif args.command == "train":
-        out = mitigate.train(_load(args), args.init, args.out, args.overwrite, args.quiet)
+        out = mitigate.train(_load(args), args.init, args.out, args.overwrite, args.quiet, resume=args.resume)
         print(f"trained model written to {out / 'checkpoint'}")
     elif args.command == "eval":
-        overrides = list(args.overrides) + ([f"eval.samples={args.samples}"] if args.samples else [])
+        overrides = list(args.overrides) + ([f"eval.samples={args.samples}"] if args.samples is not None else [])
         res = mitigate.evaluate(args.ckpt, args.out, overrides, args.seed, args.demo_bias, args.quiet,
                                 overwrite=args.overwrite)
         pk = res["id"]["pass_at_k"]
         print(f"ID pass@1 {pk['1']:.3f}  pass@{max(pk, key=int)} {pk[max(pk, key=int)]:.3f} -> {args.out}")
     elif args.command == "reproduce":
-        out = mitigate.reproduce(_load(args), Path(args.out), args.overwrite, args.quiet, base=args.base)
+        out = mitigate.reproduce(_load(args), Path(args.out), args.overwrite, args.quiet, base=args.base,
+                                 resume=args.resume)
         print(f"summary written to {out / 'summary.md'}")
     elif args.command == "table":
         from mitigate.report import write_combined

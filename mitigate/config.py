@@ -68,6 +68,9 @@ class PretrainConfig(Section):
     warmup_steps: int = opt(20, "linear warmup steps", min=0)
     weight_decay: float = opt(0.01, "AdamW weight decay", min=0.0)
     log_every: int = opt(10, "steps between metric lines in metrics.jsonl", min=1)
+    save_every: int = opt(20, "steps between resume checkpoints in OUT.partial (0: none; see --resume)", min=0)
+    on_nonfinite: str = opt("stop", "a non-finite loss or gradient: stop the run (exit 3, last checkpoint kept) or "
+                                    "skip the step's update (logged)", choices=("stop", "skip"))
 
 
 @dataclass
@@ -88,6 +91,9 @@ class TrainConfig(Section):
     eval_every: int = opt(20, "steps between probe evaluations (pass@1, concepts) in metrics.jsonl", min=1)
     probe_prompts: int = opt(32, "ID validation prompts in the periodic probe", min=1)
     probe_samples: int = opt(16, "samples per probe prompt", min=1)
+    save_every: int = opt(20, "steps between resume checkpoints in OUT.partial (0: none; see --resume)", min=0)
+    on_nonfinite: str = opt("stop", "a non-finite loss or gradient: stop the run (exit 3, last checkpoint kept) or "
+                                    "skip the step's update (logged)", choices=("stop", "skip"))
     objective: Any = opt({"name": "grpo"}, "training signal: {name: ..., <its fields>}",
                          resolve=registered(OBJECTIVES, "grpo"))
     regularizers: list = opt([], "terms added to the objective: [{name: ..., coef: ..., <fields>}]",
@@ -122,7 +128,7 @@ class ReproduceConfig(Section):
 @dataclass
 class Config(Section):
     preset: str = opt("default", "name of the preset this config started from")
-    seed: int = opt(0, "one seed fixes task, init, sampling and data order")
+    seed: int = opt(0, "one seed fixes task, init, sampling and data order", min=0, max=2**32 - 1)
     device: str = opt("cpu", "device when not under `accelerate launch`", choices=("cpu", "cuda", "auto"))
     task: Any = opt({"name": "graph"}, "the task: {name: graph, <its fields>}", resolve=registered(TASKS, "graph"))
     model: Any = opt({"name": "tiny_gpt"}, "the policy: {name: tiny_gpt, <its fields>}",
@@ -205,7 +211,9 @@ def load(config: str | Path | None = None, preset: str | None = None, overrides:
     resolved["preset"] = name
     for o in overrides:
         resolved = apply_override(resolved, o)
-    return build(Config, resolved)
+    cfg = build(Config, resolved)
+    cfg._overrides = list(overrides)  # recorded in the run's meta.json (not a config field)
+    return cfg
 
 
 load_config = load

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import field
 from typing import Any, Literal
@@ -73,6 +74,8 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{where}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"'{where}' must be a finite number, got {value!r}")
         return float(value)
     if typ is str:
         if not isinstance(value, str):

@@ -12,6 +12,8 @@ import random
 import numpy as np
 import torch
 
+from mitigate.core.fields import ConfigError
+
 # name: (multiplier, offset); the generator's seed is seed * multiplier + offset + rank
 STREAMS = {
     "pretrain": (1, 0),  # pretraining batch order
@@ -46,9 +48,11 @@ def seed_everything(seed: int) -> None:
 
 
 def device_for(name: str) -> torch.device:
+    """The torch device of config `device`; 'cuda' without a usable GPU is a `ConfigError` (never a
+    silent fall-back to the CPU)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False; "
-                           "allowed here: cpu, auto")
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available (torch.cuda.is_available() is "
+                          f"False; torch {torch.__version__}); allowed here: cpu, auto")
     return torch.device(name)

@@ -17,13 +17,13 @@ and select it with `model: {name: my_policy, <fields>}`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from mitigate.core.io import InputError, check_safetensors, read_json
 from mitigate.core.registry import Registry
 
 POLICIES = Registry("policy")
@@ -77,15 +77,48 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def checkpoint_meta(path: str | Path) -> dict:
-    return json.loads((resolve_checkpoint(path) / META_FILE).read_text())
+    """The checkpoint's record (`mitigate.json`), checked: a truncated or corrupt file, or one that is
+    not a record of this package, is a `CheckpointError` naming it."""
+    file = resolve_checkpoint(path) / META_FILE
+    try:
+        meta = read_json(file, "checkpoint record")
+    except InputError as e:
+        raise CheckpointError(str(e)) from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint record '{file}' must hold a JSON object, got {type(meta).__name__}")
+    for key in ("task", "config"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise CheckpointError(f"checkpoint record '{file}': '{key}' must be a mapping, got {meta[key]!r}")
+    return meta
+
+
+def check_checkpoint_files(folder: Path) -> None:
+    """Every JSON file of a checkpoint parses and every safetensors file is whole, before a library
+    reads them (a truncated download or a disk-full write gives a message, not a traceback)."""
+    for f in sorted(folder.iterdir()):
+        try:
+            if f.suffix == ".json":
+                read_json(f, "checkpoint file")
+            elif f.suffix == ".safetensors":
+                check_safetensors(f)
+        except InputError as e:
+            raise CheckpointError(str(e)) from e
 
 
 def load_policy(path: str | Path, device="cpu"):
     """(policy, meta) from a checkpoint written by any registered policy."""
     ckpt = resolve_checkpoint(path)
-    meta = json.loads((ckpt / META_FILE).read_text())
+    meta = checkpoint_meta(ckpt)
+    check_checkpoint_files(ckpt)
     name = meta.get("policy", "tiny_gpt")  # checkpoints written before the registry existed
-    return POLICIES.get(name, f"{ckpt / META_FILE}: policy").target.load(ckpt, device), meta
+    target = POLICIES.get(name, f"{ckpt / META_FILE}: policy").target
+    try:
+        return target.load(ckpt, device), meta
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"could not load the {name} checkpoint '{ckpt}': {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
 
 
 def build_policy(model_cfg, task):

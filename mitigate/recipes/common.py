@@ -1,8 +1,18 @@
-"""What the recipes share: the record stored beside every checkpoint."""
+"""What the recipes share: the record stored beside every checkpoint and in every run's meta.json,
+the task match check, and the resume helpers every resumable command (and a sweep over them)
+uses: `finished_run` for a finished output met by `--resume`, `init_digest` for the identity of an
+input checkpoint, `note_resume` for the run's provenance."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import yaml
+
 from mitigate import config as C
+from mitigate.core.io import InputError, read_json, sha256_file, write_json
+from mitigate.core.resume import RESUME_MUTABLE, ResumeError, differences
 
 
 def checkpoint_record(cfg: C.Config, method: str, policy) -> dict:
@@ -11,9 +21,63 @@ def checkpoint_record(cfg: C.Config, method: str, policy) -> dict:
     return {"method": method, "n_params": n_params, "task": C.to_dict(cfg.task), "config": C.to_dict(cfg)}
 
 
+def run_record(cfg: C.Config) -> dict:
+    """What every run's meta.json records besides seed, command and versions: the task, the resolved
+    config and the `--set` overrides it was resolved with (None when built in Python)."""
+    return {"task": C.to_dict(cfg.task), "config": C.to_dict(cfg), "overrides": getattr(cfg, "_overrides", None)}
+
+
 def same_task(checkpoint_task: dict | None, cfg: C.Config) -> bool:
     """Whether a checkpoint was made on this config's task (records from before the task
     registry carry no `name`: they are graph tasks)."""
     if checkpoint_task is None:
         return False
     return {"name": "graph", **checkpoint_task} == C.to_dict(cfg.task)
+
+
+def config_differences(saved: dict, cfg: C.Config) -> list[str]:
+    """'key: old -> new' for every setting of `cfg` that differs from a saved resolved config,
+    leaving out the settings a resume may change (`core.resume.RESUME_MUTABLE`)."""
+    return [d for d in differences(saved, C.to_dict(cfg)) if d.split(":")[0] not in RESUME_MUTABLE]
+
+
+def saved_config(folder: Path) -> dict:
+    """The resolved config a run folder recorded (config.yaml)."""
+    path = Path(folder) / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise InputError(f"'{path}' cannot be read as YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"'{path}' does not hold a resolved config")
+    return data
+
+
+def check_same_config(folder: Path, cfg: C.Config) -> None:
+    diff = config_differences(saved_config(folder), cfg)
+    if diff:
+        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise ResumeError(f"cannot resume '{folder}': it was run with another config ({shown}). Resume with the "
+                          "original settings, or start over with --overwrite")
+
+
+def finished_run(out: Path, cfg: C.Config, quiet: bool = False) -> Path:
+    """A finished run folder met by `--resume`: nothing to do when its config is this one, an error
+    saying what differs otherwise."""
+    check_same_config(out, cfg)
+    if not quiet:
+        print(f"mitigate: '{out}' is already complete; nothing to resume", file=sys.stderr)
+    return Path(out)
+
+
+def init_digest(ckpt: Path) -> dict:
+    """sha256 of every file of an input checkpoint: a resume must start from the same one."""
+    return {p.name: sha256_file(p) for p in sorted(Path(ckpt).iterdir()) if p.is_file()}
+
+
+def note_resume(folder: Path, step: int | None = None) -> None:
+    """Append this invocation to the run's meta.json (`resumed`: step and argv)."""
+    path = Path(folder) / "meta.json"
+    meta = read_json(path, "run record") if path.is_file() else {}
+    meta.setdefault("resumed", []).append({"step": step, "argv": sys.argv})
+    write_json(path, meta)

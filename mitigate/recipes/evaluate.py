@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from mitigate import config as C
-from mitigate.core.io import check_not_input, write_json
-from mitigate.core.seeding import torch_stream
+from mitigate.core.io import check_output_file, write_json
+from mitigate.core.resume import differences
+from mitigate.core.seeding import device_for, torch_stream
 from mitigate.metrics import ci_tree, ks_up_to, mean_metrics, prompt_metrics
-from mitigate.policies import load_policy, resolve_checkpoint
+from mitigate.policies import CheckpointError, checkpoint_meta, load_policy, resolve_checkpoint
 from mitigate.rollout import generate
 from mitigate.tasks import make_task
 
@@ -131,24 +132,36 @@ def evaluate_checkpoint(ckpt, out: str | Path | None = None, overrides=(), seed:
                         quiet: bool = False, overwrite: bool = False) -> dict:
     """`mitigate eval`: the checkpoint's own resolved config (task, eval) plus overrides. With
     `out`, the result is also written there as JSON (never over an existing file without
-    `overwrite`, never inside the checkpoint folder)."""
+    `overwrite`, never inside the checkpoint folder; a place that cannot be written is refused
+    before the evaluation runs). The task is the checkpoint's: an override that changes it is
+    refused. The result records the task, the resolved config and the overrides."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise C.ConfigError(f"the evaluation seed must be an integer in [0, 2**32), got {seed!r}")
     folder = resolve_checkpoint(ckpt)
     if out is not None:
-        out = Path(out)
-        check_not_input(out, [folder])
-        if out.exists() and (out.is_dir() or not overwrite):
-            kind = "a folder" if out.is_dir() else "a file"
-            raise C.ConfigError(f"output '{out}' already exists ({kind}); pass --overwrite to replace a file, "
-                                "or pick another path")
-    policy, meta = load_policy(folder)
-    cfg = C.from_dict(meta["config"], overrides)
+        out = check_output_file(out, overwrite, inputs=[folder])
+    meta = checkpoint_meta(folder)
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"checkpoint record '{folder}/mitigate.json' holds no resolved config to evaluate with")
+    try:
+        own = C.from_dict(meta["config"])
+    except C.ConfigError as e:
+        raise CheckpointError(f"checkpoint '{folder}' records a config this version cannot use: {e}") from e
+    cfg = C.from_dict(meta["config"], list(overrides))
+    diff = differences(C.to_dict(own.task), C.to_dict(cfg.task))
+    if diff:
+        raise C.ConfigError(f"the overrides change the task the checkpoint '{folder}' was trained on "
+                            f"(task.{'; task.'.join(diff)}); a model is evaluated on its own task: drop the task.* "
+                            "overrides")
     task = make_task(cfg.task)
-    res = {"method": meta.get("method"), "checkpoint": str(ckpt), "seed": seed,
-           **evaluate(policy, task, cfg.eval, seed, quiet)}
+    policy, meta = load_policy(folder, device_for(cfg.device))
+    res = {"method": meta.get("method"), "checkpoint": str(ckpt), "seed": seed, "task": C.to_dict(cfg.task),
+           "overrides": list(overrides), **evaluate(policy, task, cfg.eval, seed, quiet)}
     if demo_bias:
         res["demo_bias"] = demonstration_bias(policy, task, split_prompts(task, id_split(task, cfg.eval),
                                                                            cfg.eval.max_prompts),
                                               seed=seed, batch_size=cfg.eval.batch_size, quiet=quiet)
+    res["config"] = C.to_dict(cfg)
     if out is not None:
         write_json(out, res)
     return res

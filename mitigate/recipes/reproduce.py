@@ -1,6 +1,11 @@
 """`mitigate reproduce`: pretrain the base once, train every method for every seed with equal
 budgets, evaluate all on the ID split and the task's OOD splits, and write summary.json and
-summary.md (figures: `python -m analysis figures OUT`)."""
+summary.md (figures: `python -m analysis figures OUT`).
+
+The comparison works in `OUT.partial`; `resume=True` reuses what is finished there (the base,
+each trained run, each eval.json) and continues a half-finished run from its checkpoint, so a
+killed comparison resumes where it stopped and ends with the same summary. A sweep over
+comparisons calls `reproduce(..., resume=True)` per point."""
 
 from __future__ import annotations
 
@@ -14,14 +19,22 @@ from tqdm.auto import tqdm
 
 from mitigate import config as C
 from mitigate.budget import Budget
-from mitigate.core.io import check_output, run_folder, write_json, write_text
+from mitigate.core import resume as checkpointing
+from mitigate.core.io import plan_run, read_json, resumable_run, versions, write_json, write_meta
 from mitigate.core.seeding import torch_stream
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import frontier_gaps, summarize
 from mitigate.objectives import OBJECTIVES
 from mitigate.policies import load_policy, resolve_checkpoint
-from mitigate.recipes.common import same_task
-from mitigate.recipes.evaluate import demonstration_bias, eval_record, evaluate_rows, id_split, split_prompts
+from mitigate.recipes.common import check_same_config, finished_run, note_resume, run_record, same_task
+from mitigate.recipes.evaluate import (
+    demonstration_bias,
+    eval_record,
+    evaluate_rows,
+    id_split,
+    rows_from_record,
+    split_prompts,
+)
 from mitigate.recipes.pretrain import pretrain
 from mitigate.recipes.train import train
 from mitigate.report import write_report
@@ -70,13 +83,19 @@ def interpolated(base_policy, trained_policy, alpha: float):
 
 
 def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bool = False,
-              base: str | Path | None = None) -> Path:
+              base: str | Path | None = None, resume: bool = False) -> Path:
     """`base`: reuse this pretrained base (run or checkpoint folder) instead of pretraining one,
-    e.g. for ablation sweeps that share the main comparison's base model."""
+    e.g. for ablation sweeps that share the main comparison's base model. `resume`: continue the
+    unfinished comparison in `OUT.partial`: finished runs and evaluations are reused, a
+    half-finished training run continues from its last checkpoint; the summary is bit-identical
+    to an uninterrupted run's."""
     # ---- validate everything before any work
     out = Path(out)
-    check_output(out, overwrite, inputs=[base] if base else [])
     methods = list(cfg.reproduce.methods)
+    check_methods(cfg)
+    plan = plan_run(out, overwrite, inputs=[base] if base else [], resume=resume)
+    if plan.status == "complete":
+        return finished_run(out, cfg, quiet)
     train_methods = [m for m in methods if m != "base"]
     method_cfgs = {m: method_config(cfg, m) for m in train_methods}
     seeds = list(cfg.reproduce.seeds)
@@ -87,14 +106,21 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
         if not same_task(meta.get("task"), cfg):
             raise C.ConfigError(f"--base '{base}' was pretrained on other task parameters than this config's")
     t0 = time.time()
-    with run_folder(out, overwrite, inputs=[base] if base else []) as tmp:
-        write_text(tmp / "config.yaml", C.dump(cfg))
+    with resumable_run(plan) as tmp:
+        identity = {"base": str(base) if base else None, "versions": versions()}
+        if resume and (tmp / "meta.json").is_file():  # ---- resume: the same comparison, or an error
+            check_same_config(tmp, cfg)
+            checkpointing.check_same_run(read_json(tmp / "meta.json", "run record"), identity, tmp)
+            note_resume(tmp)
+        else:
+            write_meta(tmp, C.dump(cfg), cfg.seed, "reproduce", {**run_record(cfg), **identity})
         bar = tqdm(total=1 + len(train_methods) * len(seeds), desc="reproduce", unit="run", disable=quiet,
                    dynamic_ncols=True)
         # ---- base model: pretrain (or reuse), evaluate, probe its demonstration bias
         if base is None:
             bar.set_postfix_str("pretrain base")
-            base_ckpt = pretrain(cfg, tmp / "base", quiet=True) / "checkpoint"
+            checkpointing.fault_point("reproduce", "base")
+            base_ckpt = pretrain(cfg, tmp / "base", quiet=True, resume=True) / "checkpoint"
             base_policy, _ = load_policy(base_ckpt)
         rows, bias, folders = {}, None, {}
         if "base" in methods:  # a sweep on a shared base may leave it out of its table
@@ -104,21 +130,24 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
                                       seed=cfg.seed, batch_size=cfg.eval.batch_size, quiet=True)
         bar.update(1)
         # ---- every method x seed: train from the base, evaluate on the same prompts; the
-        # trade-off methods also at weaker updates (weights interpolated with the base)
+        # trade-off methods also at weaker updates (weights interpolated with the base). With
+        # `resume`, a finished run is reused (`train` returns it) and so is a finished evaluation.
         curves = {m: [] for m in cfg.reproduce.tradeoff_methods if m in train_methods and "base" in methods}
         for m in train_methods:
             rows[m], folders[m] = {}, []
             for s in seeds:
                 bar.set_postfix_str(f"{m} seed {s}")
+                checkpointing.fault_point("reproduce", f"{m}-seed{s}")
                 mcfg = C.with_overrides(method_cfgs[m], {"seed": s})
-                run = train(mcfg, base_ckpt, tmp / f"{m}-seed{s}", quiet=True, method=m)
+                run = train(mcfg, base_ckpt, tmp / f"{m}-seed{s}", quiet=True, method=m, resume=True)
                 folders[m].append(run)
-                policy, _ = load_policy(run)
-                rows[m][s] = evaluate_and_record(policy, task, cfg.eval, s, run, quiet)
+                trained = Lazy(lambda run=run: load_policy(run)[0])
+                rows[m][s] = evaluate_and_record(trained, task, cfg.eval, s, run, quiet)
                 for a in cfg.reproduce.interpolation if m in curves else ():
                     point = f"{m}@{a:g}"
                     rows.setdefault(point, {})[s] = evaluate_and_record(
-                        interpolated(base_policy, policy, a), task, cfg.eval, s, run / f"interpolated-{a:g}", quiet)
+                        Lazy(lambda a=a, trained=trained: interpolated(base_policy, trained(), a)), task, cfg.eval,
+                        s, run / f"interpolated-{a:g}", quiet)
                 bar.update(1)
         bar.close()
         # ---- summary.json and summary.md
@@ -144,13 +173,56 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
     return out
 
 
+def check_methods(cfg: C.Config) -> None:
+    """The comparison's lists, checked before any work: at least one method, and seeds for the
+    trained ones."""
+    allowed = ", ".join(["base", *OBJECTIVES.names(), *cfg.reproduce.method_configs])
+    if not cfg.reproduce.methods:
+        raise C.ConfigError(f"reproduce.methods is empty: name at least one method to compare; allowed: {allowed}")
+    duplicated = sorted({m for m in cfg.reproduce.methods if cfg.reproduce.methods.count(m) > 1})
+    if duplicated:
+        raise C.ConfigError(f"reproduce.methods names {', '.join(map(str, duplicated))} more than once")
+    seeds = cfg.reproduce.seeds
+    if any(m != "base" for m in cfg.reproduce.methods) and not seeds:
+        raise C.ConfigError("reproduce.seeds is empty: give at least one training seed, e.g. [0, 1, 2]")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad or len(set(seeds)) != len(seeds):
+        raise C.ConfigError(f"reproduce.seeds must be distinct integers >= 0, got {seeds!r}")
+
+
 def evaluate_and_record(policy, task, eval_cfg, seed: int, folder: Path, quiet: bool) -> dict[str, list[dict]]:
     """Evaluate with the seed's evaluation stream; the eval JSON (with per-prompt rows) goes to
-    `folder/eval.json` so anyone can recompute the summary's statistics."""
+    `folder/eval.json` so anyone can recompute the summary's statistics. An eval.json already there
+    with these settings (a resumed comparison) is read back instead: its rows are the same numbers.
+    `policy` may be a `Lazy` one, built only when an evaluation is needed."""
+    path = folder / "eval.json"
+    if path.is_file():
+        record = read_json(path, "evaluation")
+        if record.get("seed") == seed and all(record.get(k) == v for k, v in eval_settings(eval_cfg).items()):
+            return rows_from_record(record)
+    if isinstance(policy, Lazy):
+        policy = policy()
     rows = evaluate_rows(policy, task, eval_cfg, torch_stream(seed, "eval_trained"), quiet)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "eval.json", {"seed": seed, **eval_record(rows, eval_cfg)})
+    write_json(path, {"seed": seed, **eval_record(rows, eval_cfg)})
     return rows
+
+
+class Lazy:
+    """A value built on first call (a policy that a resumed comparison may not need to load)."""
+
+    def __init__(self, build):
+        self.build, self.value, self.built = build, None, False
+
+    def __call__(self):
+        if not self.built:
+            self.value, self.built = self.build(), True
+        return self.value
+
+
+def eval_settings(eval_cfg) -> dict:
+    """The settings an eval.json records, compared before one is reused."""
+    return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split}
 
 
 def tradeoff_block(summary_rows: dict, curves: dict, alphas: list, replicates: dict, judged: list[str]) -> dict:

@@ -1,10 +1,17 @@
 """The on-policy recipe: sample G rollouts per prompt -> verify -> objective (+ regularizers) ->
 optimizer step -> periodic probe -> checkpoint. Driven by `accelerate`: CPU by default, and the
 same code under `accelerate launch` on several processes or GPUs (prompts are sharded across
-processes, gradients averaged by DDP)."""
+processes, gradients averaged by DDP).
+
+The run works in `OUT.partial` and writes a resume checkpoint every `train.save_every` steps
+(`mitigate.core.resume`); `resume=True` continues from the last one and ends bit-identical to an
+uninterrupted run. A non-finite loss term or gradient stops the run (`NonFiniteError`, the last
+good checkpoint kept) or, with `train.on_nonfinite: skip`, drops that step's update (logged)."""
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import time
 from pathlib import Path
 
@@ -16,14 +23,24 @@ from tqdm.auto import tqdm
 
 from mitigate import config as C
 from mitigate.budget import Budget, Metered, MeteredTask
-from mitigate.core.io import MetricsLog, check_output, run_folder, write_json, write_meta
-from mitigate.core.seeding import numpy_stream, torch_stream
+from mitigate.core import resume as checkpointing
+from mitigate.core.guard import NonFiniteError, check_weights, nonfinite, nonfinite_message
+from mitigate.core.io import (
+    MetricsLog,
+    partial_path,
+    plan_run,
+    resumable_run,
+    versions,
+    write_json,
+    write_meta,
+)
+from mitigate.core.seeding import device_for, numpy_stream, torch_stream
 from mitigate.metrics import pass_at_k
 from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
 from mitigate.objectives.base import make_term
 from mitigate.ops import aggregate, gather_tokens, k3_kl, masked_mean, reverse_kl_anchor, token_divergence
 from mitigate.policies import load_policy, resolve_checkpoint
-from mitigate.recipes.common import checkpoint_record, same_task
+from mitigate.recipes.common import checkpoint_record, finished_run, init_digest, note_resume, run_record, same_task
 from mitigate.regularizers import REGULARIZERS
 from mitigate.rollout import generate
 from mitigate.tasks import make_task
@@ -50,13 +67,21 @@ def probe(policy, task, cfg: C.Config, generator: torch.Generator) -> dict:
 
 
 def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = False, quiet: bool = False,
-          method: str | None = None) -> Path:
+          method: str | None = None, resume: bool = False) -> Path:
+    """Post-train from the checkpoint `init` into the run folder `out`. `resume`: continue the
+    unfinished run in `OUT.partial` from its last checkpoint (a finished `out` with this config is
+    returned as it is)."""
     # ---- setup: processes, task, policy, frozen reference, teacher, optimizer, random streams
+    device_for(cfg.device)  # 'cuda' without a GPU is an error, never a silent CPU run
     accelerator = Accelerator(cpu=cfg.device == "cpu")
     rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
     tc = cfg.train
-    if accelerator.is_main_process:
-        check_output(out, overwrite, inputs=[init])
+    method = method or tc.objective.name
+    plan = plan_run(out, overwrite, inputs=[init], resume=resume) if main else None
+    if plan is not None and plan.status == "complete":
+        finished_run(plan.out, cfg, quiet)
+        return Path(out)
     if tc.prompts_per_step % world:
         raise C.ConfigError(f"train.prompts_per_step ({tc.prompts_per_step}) must divide by the number of "
                             f"processes ({world})")
@@ -64,7 +89,8 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
     task = make_task(cfg.task)
     objective = make_term(OBJECTIVES.get(tc.objective.name, "train.objective.name"))
     regularizers = [(make_term(REGULARIZERS.get(r.name, "train.regularizers")), r) for r in tc.regularizers]
-    policy, meta = load_policy(resolve_checkpoint(init), accelerator.device)
+    init_ckpt = resolve_checkpoint(init)
+    policy, meta = load_policy(init_ckpt, accelerator.device)
     if not same_task(meta.get("task"), cfg):
         raise C.ConfigError(f"task parameters differ from those the checkpoint '{init}' was pretrained on; "
                             "train on the same task (drop task.* overrides)")
@@ -86,19 +112,60 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
     probe_gen = torch_stream(cfg.seed, "probe")
     pool = task.prompts(task.train_split)
     order = prompt_order(len(pool), tc.steps, tc.prompts_per_step, cfg.seed)
-    method = method or tc.objective.name
     G, dev = tc.group_size, accelerator.device
+    # ---- what a resume checkpoint holds and checks (`mitigate.core.resume`)
+    terms = [("objective", objective)] + [(f"regularizers[{i}]", t) for i, (t, _) in enumerate(regularizers)]
+    streams = {"rollouts": rollout_gen, "objective": ctx.generator, "reference": ctx.reference_generator,
+               "probe": probe_gen}
+    modules = {"model": policy.model, **({"teacher": teacher.weights.model} if teacher.kind == "ema" else {})}
+    identity = {"kind": "train", "method": method, "config": C.to_dict(cfg), "versions": versions(),
+                "init": init_digest(init_ckpt) if tc.save_every or resume else None,
+                "prompt_order": hashlib.sha256(order.tobytes()).hexdigest()}
+    term_names = {"objective": "objective", **{f"regularizers[{i}]": r.name for i, (_, r) in enumerate(regularizers)}}
 
-    folder = run_folder(out, overwrite, inputs=[init]) if accelerator.is_main_process else _NullFolder(out)
+    folder = resumable_run(plan) if main else _NullFolder(partial_path(out))
     with folder as tmp:
-        if accelerator.is_main_process:
-            write_meta(tmp, C.dump(cfg), cfg.seed, f"train {method} from {init}")
-            log = MetricsLog(tmp / "metrics.jsonl")
+        accelerator.wait_for_everyone()
+        ckpts = checkpointing.Checkpoints(tmp, rank, world, accelerator.wait_for_everyone)
+        log = MetricsLog(tmp / "metrics.jsonl")
+        latest = ckpts.latest() if resume else None
+        start, elapsed = 0, 0.0
+        if latest is not None:  # ---- resume: check the run is this one, then restore every piece of state
+            restored = ckpts.load(latest)
+            checkpointing.check_same_run(restored.state, identity, tmp)
+            for name, module in modules.items():
+                restored.restore_module(name, module)
+            restored.restore_optimizer(opt)
+            restored.restore_terms(terms, pool)
+            for k, v in restored.rank_record["budget"].items():
+                setattr(budget, k, v)
+            start, elapsed = restored.step, float(restored.state["elapsed_seconds"])
+            if main:
+                log.truncate(restored.state["metrics_bytes"], restored.state["metrics_sha256"])
+                note_resume(tmp, start)
+            restored.restore_rng(streams)  # last: after every draw the setup made
+        elif main:
+            log.path.unlink(missing_ok=True)  # a resumed run that stopped before its first checkpoint starts over
+            write_meta(tmp, C.dump(cfg), cfg.seed, f"train {method} from {init}", run_record(cfg))
             log.log({"step": 0, **probe(policy, task, cfg, probe_gen)})
-        t0 = time.time()
-        bar = tqdm(range(1, tc.steps + 1), desc=f"train {method}", unit="step",
-                   disable=quiet or not accelerator.is_main_process)
+
+        def save(step: int) -> None:
+            check_weights(policy.model, step, "train", ckpts.describe_latest(), "train.on_nonfinite")
+            rng_tensors, rng_record = checkpointing.rng_state(streams)
+            term_tensors, term_record = checkpointing.term_state(terms, pool)
+            record = {**identity, "elapsed_seconds": time.time() - t0}
+            if main:
+                record.update(metrics_bytes=log.size(), metrics_sha256=log.digest())
+            ckpts.save(step, record, modules, opt, {**rng_tensors, **term_tensors},
+                       {"rng": rng_record, "terms": term_record, "budget": budget.to_dict()},
+                       write_policy=lambda path: policy.save(path, checkpoint_record(cfg, method, policy)),
+                       fault=lambda: checkpointing.fault_point("checkpoint", step))
+
+        t0 = time.time() - elapsed
+        bar = tqdm(range(start + 1, tc.steps + 1), desc=f"train {method}", unit="step", initial=start,
+                   total=tc.steps, disable=quiet or not main)
         for step in bar:
+            checkpointing.fault_point("train", step)
             ctx.step = step
             # ---- rollouts: this process's share of the step's prompts, G samples each, verified
             idx = order[step - 1].reshape(world, -1)[rank]
@@ -111,6 +178,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                 old = gather_tokens(student.logprobs(r.contexts, tokens, mask), tokens)
                 ref = reference.logprobs(r.contexts, tokens, mask)
             # ---- objective + KL anchor + regularizers, `inner_epochs` optimizer passes
+            skipped = None
             for _ in range(tc.inner_epochs):
                 batch = Batch(prompts=prompts, group_index=r.group_index.to(dev), contexts=r.contexts,
                               tokens=tokens, mask=mask, rewards=correct.float(), correct=correct,
@@ -118,6 +186,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                               logprobs=student.logprobs(r.contexts, tokens, mask), old_token_logprobs=old,
                               ref_logprobs=ref)
                 loss, scalars = objective(batch, ctx, tc.objective)
+                values = {f"{term_names['objective']} ({tc.objective.name})": float(loss.detach())}
                 if tc.kl_coef > 0:  # the shared KL anchor to the frozen base, same for every objective
                     if tc.kl_estimator == "k3":
                         anchor = k3_kl(batch.token_logprobs(), gather_tokens(ref, tokens))
@@ -126,37 +195,72 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                     anchor = aggregate(anchor, mask, "token_mean")
                     loss = loss + tc.kl_coef * anchor
                     scalars["kl_anchor_loss"] = float(anchor.detach())
-                for term, rcfg in regularizers:
+                    values["kl_anchor"] = scalars["kl_anchor_loss"]
+                for i, (term, rcfg) in enumerate(regularizers):
                     r_loss, r_scalars = term(batch, ctx, rcfg)
                     loss = loss + rcfg.coef * r_loss
                     scalars.update({f"{rcfg.name}/{k}": v for k, v in r_scalars.items()})
                     scalars[f"{rcfg.name}/loss"] = float(r_loss.detach())
+                    values[f"regularizers[{i}] ({rcfg.name})"] = scalars[f"{rcfg.name}/loss"]
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
+                norm = None
                 if tc.grad_clip > 0:
-                    accelerator.clip_grad_norm_(policy.model.parameters(), tc.grad_clip)
+                    norm = accelerator.clip_grad_norm_(policy.model.parameters(), tc.grad_clip)
+                bad = nonfinite({**values, "gradient norm": grad_norm(policy.model, norm)})
+                if world > 1:  # every process takes the same decision (gradients are shared)
+                    flag = accelerator.reduce(torch.tensor([float(bool(bad))], device=dev), "sum")
+                    bad = bad or ({"another process": float("nan")} if float(flag) > 0 else {})
+                if bad:
+                    if tc.on_nonfinite == "stop":
+                        if main:
+                            log.log({"step": step, "stopped": True, "nonfinite": bad})
+                        raise NonFiniteError(nonfinite_message("train", step, bad, ckpts.describe_latest(),
+                                                               "train.on_nonfinite"), step, bad)
+                    opt.zero_grad(set_to_none=True)
+                    skipped = bad
+                    break
                 opt.step()
-            teacher.after_step()
+            if skipped is None:
+                teacher.after_step()
+            elif main:
+                print(f"mitigate train: step {step} skipped (train.on_nonfinite=skip): non-finite "
+                      f"{', '.join(f'{k}={v}' for k, v in skipped.items())}", file=sys.stderr)
             # ---- log (main process): batch statistics, and the probe every `eval_every` steps
-            if accelerator.is_main_process:
+            if main:
                 kl_base = masked_mean(token_divergence(batch.logprobs.detach(), ref, "reverse_kl"), mask)
                 labels = r.labels.reshape(len(prompts), G)
                 row = {"step": step, "loss": float(loss.detach()), "reward": float(correct.float().mean()),
                        "kl_base": float(kl_base), "token_entropy": float(r.token_entropy.mean()),
                        "batch_concepts": float(np.mean([len(set(x[x >= 0])) for x in labels])),
                        "seconds": round(time.time() - t0, 2), **scalars}
+                if skipped is not None:
+                    row.update(skipped=True, nonfinite=skipped)
                 if step % tc.eval_every == 0 or step == tc.steps:
                     row.update(probe(policy, task, cfg, probe_gen))
                 log.log(row)
                 bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_base']:.3f}")
+            if tc.save_every and step % tc.save_every == 0 and step < tc.steps:
+                save(step)
         # ---- checkpoint and budget (this process's share; the probe is evaluation, not counted)
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        check_weights(policy.model, tc.steps, "train", ckpts.describe_latest(), "train.on_nonfinite")
+        if main:
             budget.wall_seconds = round(time.time() - t0, 2)
             write_json(tmp / "budget.json", {**budget.to_dict(), "processes": world})
             policy.save(tmp / "checkpoint", checkpoint_record(cfg, method, policy))
     accelerator.wait_for_everyone()
     return Path(out)
+
+
+def grad_norm(model: torch.nn.Module, norm=None) -> float:
+    """The total gradient norm (`norm`: the one gradient clipping already computed)."""
+    if norm is None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+        norm = torch.nn.utils.get_total_norm(grads)
+    return float(norm)
 
 
 class _NullFolder:

@@ -96,6 +96,19 @@ class OTPenalty:
                 self.reference[q] = (feats[rows][correct[rows]], tokens[rows][correct[rows]])
         return [self.reference[q] for q in batch.prompts]
 
+    def state_dict(self, prompts: list) -> dict[str, np.ndarray]:
+        """The reference sets for a resume checkpoint, keyed by each prompt's position in `prompts`
+        (the training pool), in the order they were drawn (the per-step caches are rebuilt)."""
+        index = {q: i for i, q in enumerate(prompts)}
+        out = {"order": np.array([index[q] for q in self.reference], dtype=np.int64)}
+        for k, (feats, tokens) in enumerate(self.reference.values()):
+            out[f"features.{k}"], out[f"tokens.{k}"] = feats, tokens
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray], prompts: list) -> None:
+        self.reference = {prompts[int(i)]: (state[f"features.{k}"], state[f"tokens.{k}"])
+                          for k, i in enumerate(state["order"])}
+
     def __call__(self, batch: Batch, ctx: Context, cfg: OTConfig) -> tuple[torch.Tensor, dict]:
         if self._step != ctx.step:
             self._step = ctx.step

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from mitigate.core.fields import Section, opt
@@ -41,6 +42,17 @@ class Replay:
     def __init__(self):
         self.reference: dict = {}  # prompt -> tokens [R, T] of correct base samples
         self._step, self._batch = None, None
+
+    def state_dict(self, prompts: list) -> dict[str, np.ndarray]:
+        """The reference paths for a resume checkpoint, keyed by each prompt's position in `prompts`
+        (the training pool), in the order they were drawn."""
+        index = {q: i for i, q in enumerate(prompts)}
+        out = {"order": np.array([index[q] for q in self.reference], dtype=np.int64)}
+        out.update({f"tokens.{k}": tokens for k, tokens in enumerate(self.reference.values())})
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray], prompts: list) -> None:
+        self.reference = {prompts[int(i)]: state[f"tokens.{k}"] for k, i in enumerate(state["order"])}
 
     def _paths(self, batch: Batch, ctx: Context, cfg: ReplayConfig):
         missing = [q for q in batch.prompts if q not in self.reference]
