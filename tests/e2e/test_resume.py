@@ -228,3 +228,41 @@ def test_stateful_terms_without_state_are_refused():
     assert record == {"regularizers[0]": {"class": "Counter", "resumable": False}}
     with pytest.raises(R.ResumeError, match=r"regularizers\[0\] \(Counter\) keeps state across steps"):
         R.restore_terms(terms, [], tensors, record)
+
+
+def _two_process_worker(init: str, out: str, kill, resume: bool) -> None:
+    """In each forked process: train (killed at `kill` or resumed), like test_distributed's worker."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the fork inherits the parent's singleton
+    import mitigate.recipes.train as T
+    from mitigate import config as C
+
+    def fault(w, s):
+        if kill and (w, s) == ("train", kill):
+            raise Killed(f"{w}:{s}")
+
+    R.fault_point = fault
+    cfg = C.load(preset="smoke", overrides=["train.objective.name=sdsd", "train.lr=3e-3", "train.steps=5",
+                                            "train.save_every=2",
+                                            "train.regularizers=[{name: ot, coef: 1.0, replay: 1.0}]"])
+    try:
+        T.train(cfg, init, out, quiet=True, resume=resume)
+    except Killed:
+        pass
+
+
+@pytest.mark.slow
+def test_two_processes_resume_bit_for_bit(smoke_base, tmp_path):
+    """Each process writes its own random streams and reference sets into one checkpoint (about a
+    minute on two cores, hence slow; the debug launcher's fixed port: never two at once)."""
+    from accelerate import debug_launcher
+
+    init = str(smoke_base / "checkpoint")
+    debug_launcher(_two_process_worker, args=(init, str(tmp_path / "a"), None, False), num_processes=2)
+    debug_launcher(_two_process_worker, args=(init, str(tmp_path / "b"), 4, False), num_processes=2)
+    step = tmp_path / "b.partial" / "checkpoints" / "step-000002"
+    assert {"rank-0.safetensors", "rank-1.safetensors", "rank-0.json", "rank-1.json"} <= set(os.listdir(step))
+    debug_launcher(_two_process_worker, args=(init, str(tmp_path / "b"), None, True), num_processes=2)
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "budget.json").read_text())["processes"] == 2
