@@ -6,7 +6,10 @@ STAMP  := $(VENV)/.installed
 PRESET ?= default
 OUT    ?= runs/reproduce-$(PRESET)
 
-.PHONY: test reproduce figures test-all bench clean
+RUNS   ?= $(patsubst %/,%,$(shell ls -td runs/reproduce-*/ 2>/dev/null | head -1))
+INTERVAL ?= ci
+
+.PHONY: test reproduce figures paper test-all bench clean
 
 # torch==2.13.0 first: on these machines it resolves to the local CPU wheel, and installing it
 # before the package means no dependency range can pull a multi-GB CUDA build afterwards.
@@ -30,6 +33,18 @@ reproduce: $(STAMP)
 
 figures: $(STAMP)
 	$(PY) -m analysis figures $(OUT)
+
+# tables, figures and methods text for paper/main.tex from run folders (default: the newest
+# runs/reproduce-*), then a PDF when latexmk or pdflatex is installed (README: "Paper")
+paper: $(STAMP)
+	@test -n "$(RUNS)" || { echo "make paper: no run folder: give RUNS=\"runs/reproduce-default runs/sweeps/...\""; exit 2; }
+	$(PY) -m analysis paper $(RUNS) --out paper --interval $(INTERVAL)
+	@if command -v latexmk >/dev/null 2>&1; then \
+	  cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error main.tex; \
+	elif command -v pdflatex >/dev/null 2>&1; then \
+	  cd paper && pdflatex -interaction=nonstopmode -halt-on-error main.tex >/dev/null && \
+	  pdflatex -interaction=nonstopmode -halt-on-error main.tex; \
+	else echo "make paper: sources written to paper/; no latexmk or pdflatex, so no PDF (README: Paper)"; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/sampling.py

@@ -1,18 +1,28 @@
-"""`python -m analysis figures DIR [DIR ...]`: PNG + PDF figures beside the JSON of each run folder.
+"""`python -m analysis figures|tables|paper DIR [DIR ...]`: figures, tables and paper sources from run folders.
 
-    summary.json     -> pass_at_k, and pareto when it holds more than one method
-    theory.json      -> tilt_vs_base, iterated_dynamics, marginal_bias
-    probe_rows.json  -> probe_tilt_vs_shift (rows with a measured shift only)
+    figures DIR...              PNG + PDF beside the JSON of each run folder:
+        summary.json     -> pass_at_k, pareto (more than one method), concept_shares,
+                            training_dynamics (the runs' metrics.jsonl), sweep_<parameter> (a sweep)
+        theory.json      -> tilt_vs_base, iterated_dynamics, marginal_bias
+        probe_rows.json  -> probe_tilt_vs_shift (rows with a measured shift only)
+    tables DIR... --out OUT     LaTeX (booktabs) and Markdown tables of every summary.json
+    paper DIR... --out paper    tables/, figures/ and generated/ for paper/main.tex
+
+Exit status 2, with nothing written, on a folder with nothing to read or a refused output.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
 from analysis import figures as F
+from analysis import paper as P
+from analysis import tables as T
+from mitigate.core.io import OutputError, check_not_input
 
 
 def draw(folder: Path) -> list[Path]:
@@ -26,6 +36,12 @@ def draw(folder: Path) -> list[Path]:
             if pareto is None:
                 print(f"analysis: note: no pareto figure for '{folder}': the summary has no OOD split", file=sys.stderr)
             written += pareto or []
+        written += F.plot_concept_shares(summary, folder / "concept_shares") or []
+        runs = F.dynamics_of(folder, summary)
+        if runs:
+            written += F.plot_training_dynamics(runs, folder / "training_dynamics") or []
+        if summary.get("sweep"):
+            written += F.plot_sweep(summary, folder / "sweep")
     if (folder / "theory.json").is_file():
         theory = json.loads((folder / "theory.json").read_text())
         curves = theory.get("exact", {}).get("curves")
@@ -43,22 +59,56 @@ def draw(folder: Path) -> list[Path]:
     return written
 
 
+def write_tables(dirs: list[Path], out: Path, interval: str, command: str) -> list[Path]:
+    """OUT/<run>-<table>.tex and .md for every summary.json among `dirs`."""
+    check_not_input(out, dirs)
+    written = []
+    folders = [d for d in dirs if (d / "summary.json").is_file()]
+    order = []
+    summaries = {}
+    for d in folders:
+        summaries[d] = json.loads((d / "summary.json").read_text())
+        order += [m for m in summaries[d]["methods"] if m not in order]
+    for d, slug in zip(folders, T.folder_slugs(folders)):
+        written += [p for _, tex in T.write_tables(summaries[d], d, out, f"{slug}-", interval, command, order)
+                    for p in (tex, tex.with_suffix(".md"))]
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("figures", help="draw the figures of run folders (summary.json and/or theory.json)")
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
+    for name, what in (("tables", "LaTeX and Markdown tables of run folders into OUT"),
+                       ("paper", "tables, figures and methods text for paper/main.tex into OUT")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--interval", choices=T.INTERVALS, default="ci",
+                       help="ci: mean [lo, hi] (default); pm: mean +- half the 95%% interval's width")
     a = ap.parse_args(argv)
     bad = [d for d in a.dirs if not any((d / f).is_file() for f in ("summary.json", "theory.json"))]
     for d in bad:
         why = "does not exist" if not d.exists() else "holds neither summary.json nor theory.json"
-        print(f"analysis: '{d}' {why}; give a run folder of `mitigate reproduce`, `mitigate table` "
-              "or `mitigate theory`", file=sys.stderr)
+        print(f"analysis: '{d}' {why}; give a run folder of `mitigate reproduce`, `mitigate sweep`, "
+              "`mitigate table` or `mitigate theory`", file=sys.stderr)
     if bad:
         return 2
-    for d in a.dirs:
-        for path in draw(d):
-            print(f"wrote {path}")
+    command = "python -m analysis " + shlex.join(argv)
+    try:
+        if a.command == "figures":
+            written = [p for d in a.dirs for p in draw(d)]
+        elif a.command == "tables":
+            written = write_tables(a.dirs, a.out, a.interval, command)
+        else:
+            written = P.build(a.dirs, a.out, a.interval, command)
+    except (P.PaperError, OutputError) as e:
+        print(f"analysis {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

@@ -4,8 +4,10 @@ output path; it writes PATH.png and PATH.pdf (atomically) and returns the paths 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -31,6 +33,7 @@ from mitigate.core.io import atomic_path
 
 matplotlib.use("Agg")  # files only, never a window
 FORMATS = ("png", "pdf")
+BANDS_UP_TO = 4  # pass@k draws intervals as bands for at most this many methods
 
 
 def styled(plot):
@@ -83,10 +86,21 @@ def _block(m: dict, split: str | None) -> tuple[dict | None, dict | None]:
     return m.get("ood", {}).get(split, {}).get("pass_at_k"), ci.get("ood", {}).get(split, {}).get("pass_at_k")
 
 
+def method_order(summary: dict, order: Sequence[str] | None) -> list[str]:
+    """The names that fix each method's colour: `order` (e.g. every method of every folder of a
+    paper, so a method keeps its colour across figures) or the summary's own order."""
+    names = list(order or [])
+    return names + [m for m in summary["methods"] if m not in names]
+
+
 @styled
-def plot_pass_at_k(summary: dict, path: str | Path) -> list[Path]:
-    """pass@k against k (log2), one panel per split, 95% intervals as bands."""
-    names = list(summary["methods"])
+def plot_pass_at_k(summary: dict, path: str | Path, order: Sequence[str] | None = None) -> list[Path]:
+    """pass@k against k (log2), one panel per split, 95% intervals as light bands (as thin bars
+    past BANDS_UP_TO methods). Methods are dodged by a few hundredths of a doubling so that equal
+    curves stay visible side by side."""
+    names = method_order(summary, order)
+    drawn = [m for m in names if m in summary["methods"]]
+    dodge = {m: 2 ** (0.025 * (i - (len(drawn) - 1) / 2)) for i, m in enumerate(drawn)}
     panels = [("ID", None)] + [(f"OOD: {s}", s) for s in ood_splits(summary)]
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
@@ -94,18 +108,23 @@ def plot_pass_at_k(summary: dict, path: str | Path) -> list[Path]:
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, 1.9 * nrows + 0.5), squeeze=False, layout="constrained")
     for ax, (title, split) in zip(axes.flat, panels):
         ks = set()
-        for name, m in summary["methods"].items():
-            pk, ci = _block(m, split)
+        for name in drawn:
+            pk, ci = _block(summary["methods"][name], split)
             if not pk:
                 continue
             k = sorted(pk, key=int)
-            x = [int(i) for i in k]
-            ks.update(x)
+            ks.update(int(i) for i in k)
+            x = [int(i) * dodge[name] for i in k]
             style = method_style(name, names)
-            ax.plot(x, [pk[i] for i in k], label=name, **style)
-            if ci:
-                ax.fill_between(x, [ci[i][0] for i in k], [ci[i][1] for i in k], color=style["color"], alpha=0.15,
+            y = [pk[i] for i in k]
+            ax.plot(x, y, label=name, **style)
+            if ci and len(drawn) <= BANDS_UP_TO:
+                ax.fill_between(x, [ci[i][0] for i in k], [ci[i][1] for i in k], color=style["color"], alpha=0.12,
                                 lw=0)
+            elif ci:  # many methods: stacked bands turn to mud; thin interval bars at the dodged k instead
+                ax.errorbar(x, y, yerr=[[max(v - ci[i][0], 0) for v, i in zip(y, k)],
+                                        [max(ci[i][1] - v, 0) for v, i in zip(y, k)]],
+                            fmt="none", ecolor=style["color"], elinewidth=0.6, alpha=0.7)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(ks), [str(k) for k in sorted(ks)])
         ax.minorticks_off()
@@ -169,14 +188,14 @@ def _err(v: float, ci: list[float]) -> list[list[float]]:
 
 
 @styled
-def plot_pareto(summary: dict, path: str | Path) -> list[Path] | None:
+def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = None) -> list[Path] | None:
     """ID pass@1 (x) against pass@k_max on the first OOD split (y), 95% intervals as error bars,
     with the trade-off curves of summary["tradeoff"] (GRPO and SDSD at weaker updates) as lines a
     mitigation is judged against. None (nothing drawn) without an OOD split."""
     splits = ood_splits(summary)
     if not splits:
         return None
-    split, names = splits[0], list(summary["methods"])
+    split, names = splits[0], method_order(summary, order)
     k_id = min(next(iter(summary["methods"].values()))["id"]["pass_at_k"], key=int)
     k_ood = max((k for m in summary["methods"].values() for k in (_block(m, split)[0] or {})), key=int)
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.9), layout="constrained")
@@ -207,6 +226,213 @@ def plot_pareto(summary: dict, path: str | Path) -> list[Path] | None:
     ax.margins(0.15)
     _place_labels(ax, points, labels)
     return save(fig, path)
+
+
+def _concept_order(summary: dict) -> list[str]:
+    """Concept labels, most preferred by the base first (else by the share over all methods)."""
+    ref = summary["methods"].get("base", {}).get("label_shares", {}).get("id") or {}
+    total: dict[str, float] = {}
+    for m in summary["methods"].values():
+        shares = m.get("label_shares", {})
+        for block in [shares.get("id", {}), *shares.get("ood", {}).values()]:
+            for k, v in block.items():
+                total[k] = total.get(k, 0.0) + v
+    return sorted(total, key=lambda k: (-ref.get(k, 0.0), -total[k], int(k) if k.isdigit() else k))
+
+
+@styled
+def plot_concept_shares(summary: dict, path: str | Path, order: Sequence[str] | None = None) -> list[Path] | None:
+    """Share of each concept (graph task: community) among each method's correct samples, one
+    panel per prompt distribution (ID and each OOD split), one stacked bar per method, base on
+    top. Concepts are ordered by the base's preference and coloured on a colour-blind-safe
+    sequential scale (darkest = the base's favourite). None when no method has label shares."""
+    names = [m for m in method_order(summary, order) if summary["methods"].get(m, {}).get("label_shares")]
+    if not names:
+        return None
+    concepts = _concept_order(summary)
+    colors = dict(zip(concepts, plt.cm.cividis(np.linspace(0.0, 0.92, max(len(concepts), 2)))))
+    panels = [("ID", None)] + [(s, s) for s in ood_splits(summary)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(COLUMN_WIDTH, 0.17 * len(names) + 1.1), sharey=True,
+                             squeeze=False, layout="constrained")
+    y = np.arange(len(names))
+    for ax, (title, split) in zip(axes[0], panels):
+        left = np.zeros(len(names))
+        for c in concepts:
+            w = np.array([(summary["methods"][n]["label_shares"]["id"] if split is None else
+                           summary["methods"][n]["label_shares"].get("ood", {}).get(split, {})).get(c, 0.0)
+                          for n in names])
+            ax.barh(y, w, left=left, color=colors[c], height=0.75, lw=0, label=f"concept {c}")
+            left += w
+        ax.set_xlim(0, 1)
+        ax.set_xticks([0, 0.5, 1], ["0", ".5", "1"])
+        ax.grid(False)
+        ax.set_title(textwrap.fill(title.replace("_", " "), 12))
+    axes[0, 0].set_yticks(y, names)
+    axes[0, 0].invert_yaxis()
+    axes[0, len(panels) // 2].set_xlabel("share of correct samples")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    legend_below(fig, handles, labels, ncol=min(len(concepts), 5))
+    return save(fig, path)
+
+
+DYNAMICS = (("reward", "reward"), ("probe_pass_at_1", "probe pass@1"), ("probe_concepts", "probe concepts"),
+            ("token_entropy", "token entropy"), ("kl_base", "KL to base"))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl (a torn last line, from a killed run, is skipped)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def dynamics_of(folder: Path, summary: dict) -> dict[str, list[list[dict]]]:
+    """{method: [metrics rows of each seed]} of the trained runs a summary's folder keeps
+    (`<method>-seed<s>/metrics.jsonl`); methods without any are left out."""
+    out = {}
+    for name, m in summary["methods"].items():
+        runs = [Path(folder) / f"{name}-seed{s}" / "metrics.jsonl" for s in m.get("seeds", [])]
+        rows = [read_metrics(p) for p in runs if p.is_file()]
+        if rows and name != "base":
+            out[name] = rows
+    return out
+
+
+@styled
+def plot_training_dynamics(runs: dict[str, list[list[dict]]], path: str | Path,
+                           order: Sequence[str] | None = None) -> list[Path] | None:
+    """Reward, probe pass@1, probe concepts, token entropy and KL to the base against the training
+    step: the mean over seeds as a line, the range over seeds as a band. None without data."""
+    keys = [(k, label) for k, label in DYNAMICS if any(k in r for seeds in runs.values() for rows in seeds
+                                                       for r in rows)]
+    if not keys:
+        return None
+    names = list(order or []) + [m for m in runs if m not in (order or [])]
+    ncols = 2
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH, 1.25 * nrows + 0.9), squeeze=False, sharex=True,
+                             layout="constrained")
+    for ax, (key, label) in zip(axes.flat, keys):
+        for name in [n for n in names if n in runs]:
+            per_seed = [{r["step"]: r[key] for r in rows if key in r and r[key] is not None} for rows in runs[name]]
+            steps = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
+            if not steps:
+                continue
+            v = np.array([[d[t] for t in steps] for d in per_seed], dtype=float)
+            style = method_style(name, names)
+            ax.plot(steps, v.mean(0), color=style["color"], ls=style["linestyle"], lw=1.0, label=name,
+                    marker=style["marker"] if len(steps) <= 12 else None, ms=2.5)
+            if len(per_seed) > 1:
+                ax.fill_between(steps, v.min(0), v.max(0), color=style["color"], alpha=0.12, lw=0)
+        ax.set_ylabel(label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in axes[-1]:
+        ax.set_xlabel("training step")
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    handles: dict = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    legend_below(fig, list(handles.values()), list(handles), ncol=3)
+    return save(fig, path)
+
+
+def sweep_axes(summary: dict) -> dict[str, list[list[str]]]:
+    """{numeric parameter: [groups of settings]}: the settings that differ only in that parameter
+    (each group with at least two of its values), from the summary's `sweep` block."""
+    varying = summary.get("sweep", {}).get("varying", {})
+    params = list(dict.fromkeys(k for v in varying.values() for k in v))
+    out = {}
+    for p in params:
+        if not all(isinstance(v.get(p), (int, float)) and not isinstance(v.get(p), bool)
+                   for v in varying.values() if v.get(p) is not None):
+            continue
+        groups: dict[str, list[str]] = {}
+        for name, v in varying.items():
+            if isinstance(v.get(p), (int, float)):
+                rest = json.dumps({k: x for k, x in v.items() if k != p}, sort_keys=True)
+                groups.setdefault(rest, []).append(name)
+        keep = [g for g in groups.values() if len({varying[n][p] for n in g}) > 1]
+        if keep:
+            out[p] = keep
+    return out
+
+
+def _sweep_metrics(summary: dict) -> list[tuple[str, tuple]]:
+    first = next(iter(summary["methods"].values()))
+    out = [("ID pass@1", ("id", "pass_at_k", "1"))]
+    out += [("ID concepts", ("id", "concepts"))] if "concepts" in first["id"] else []
+    for s in ood_splits(summary):
+        k = max(first["ood"][s]["pass_at_k"], key=int)
+        out.append((f"{s} pass@{k}", ("ood", s, "pass_at_k", k)))
+    return out
+
+
+def _at(tree: dict, path: tuple):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+GROUP_LINES = ("-", "--", ":", "-.")
+
+
+@styled
+def plot_sweep(summary: dict, path: str | Path, order: Sequence[str] | None = None) -> list[Path]:
+    """Metric against each numeric parameter of a sweep (`sweep_<parameter>.png/.pdf` beside
+    `path`), 95% intervals as error bars, each setting in its method colour, one grey line per
+    group of settings that differ only in that parameter, the base as a dashed black line. []
+    for a summary without a sweep axis."""
+    written = []
+    names = method_order(summary, order)
+    metrics = _sweep_metrics(summary)
+    base = summary["methods"].get("base")
+    varying = summary["sweep"]["varying"]
+    for param, groups in sweep_axes(summary).items():
+        ncols = 2 if len(metrics) > 1 else 1
+        nrows = math.ceil(len(metrics) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH, 1.3 * nrows + 0.9), squeeze=False,
+                                 layout="constrained")
+        xs_all = [varying[n][param] for g in groups for n in g]
+        log = min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8
+        for ax, (label, mpath) in zip(axes.flat, metrics):
+            for gi, group in enumerate(groups):
+                g = sorted(group, key=lambda n: varying[n][param])
+                x = [varying[n][param] for n in g]
+                y = [_at(summary["methods"][n], mpath) for n in g]
+                ci = [_at(summary["methods"][n]["ci95"], mpath) for n in g]
+                err = [[max(v - c[0], 0.0) for v, c in zip(y, ci)], [max(c[1] - v, 0.0) for v, c in zip(y, ci)]]
+                rest = {k: v for k, v in varying[g[0]].items() if k != param}
+                name = ", ".join(f"{k.removeprefix('train.')}={v}" for k, v in rest.items()) or "settings"
+                ax.plot(x, y, color="0.45", ls=GROUP_LINES[gi % len(GROUP_LINES)], lw=0.9, zorder=1,
+                        label=textwrap.fill(name, 45))
+                for xi, yi, lo, hi, n in zip(x, y, *err, g):  # each setting in its method colour
+                    style = method_style(n, names)
+                    ax.errorbar([xi], [yi], yerr=[[lo], [hi]], fmt=style["marker"], color=style["color"], ms=3.5,
+                                capsize=2, elinewidth=0.7, zorder=2, label=n)
+            if base is not None:
+                ax.axhline(_at(base, mpath), color=FIXED["base"], ls="--", lw=0.8, label="base")
+            if log:
+                ax.set_xscale("log")
+            ax.set_ylabel(label)
+        for ax in axes[-1]:
+            ax.set_xlabel(param.removeprefix("train."))
+        for ax in axes.flat[len(metrics):]:
+            ax.set_visible(False)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        legend_below(fig, handles, labels, ncol=1 if len(groups) > 2 else 3)
+        stem = Path(path)
+        written += save(fig, stem.with_name(f"{stem.name}_{_file_part(param)}"))
+    return written
+
+
+def _file_part(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text.removeprefix("train.")).strip("_")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`mitigate` command line: pretrain, train, eval, reproduce, table, theory. Parsing only: each
+"""`mitigate` command line: pretrain, train, eval, reproduce, sweep, table, theory. Parsing only: each
 command calls one function of the Python API.
 
 Every command takes `--set key.sub=value` and `--import MODULE_OR_FILE` (a user's registrations);
@@ -80,6 +80,19 @@ def parser() -> argparse.ArgumentParser:
     _common(p, out_help="output folder")
     _resumable(p)
     p.add_argument("--base", help="reuse this pretrained base run instead of pretraining (ablation sweeps)")
+
+    p = sub.add_parser("sweep", help="settings x seeds of one config in a local process pool, resumable "
+                                     "-> one run folder per cell, summary.json, summary.md")
+    p.add_argument("config", help="YAML: the settings are reproduce.methods (overrides in reproduce.method_configs), "
+                                  "the seeds reproduce.seeds (e.g. baselines/ablations/entropy.yaml)")
+    p.add_argument("--preset", help="starting preset (default: the config's own, else 'default')")
+    _common(p, config=False, out_help="sweep folder (re-run the same command to resume it)")
+    p.add_argument("--base", help="reuse this pretrained base run instead of pretraining one in OUT/base")
+    p.add_argument("--jobs", type=int, help="worker processes (default: one per core); 1 runs in this process")
+    p.add_argument("--cell", dest="cells", action="append", metavar="NAME",
+                   help="run only this cell (SETTING-seedS, or base); repeatable")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one shell command per cell (for a cluster scheduler) and exit")
 
     p = sub.add_parser("table", help="one report over several reproduce/ablation folders")
     p.add_argument("summaries", nargs="+", help="reproduce output folders or their summary.json")
@@ -171,6 +184,24 @@ def _dispatch(args) -> int:
         out = mitigate.reproduce(_load(args), Path(args.out), args.overwrite, args.quiet, base=args.base,
                                  resume=args.resume)
         print(f"summary written to {out / 'summary.md'}")
+    elif args.command == "sweep":
+        from mitigate.recipes import sweep as S
+
+        cfg = _load(args)
+        if args.print_commands:
+            argv = [args.config] + (["--preset", args.preset] if args.preset else [])
+            argv += [a for o in args.overrides for a in ("--set", o)]
+            argv += [a for i in args.imports for a in ("--import", i)] + (["--base", args.base] if args.base else [])
+            S.print_commands(S.Sweep(cfg, args.out, args.base, args.config), argv)
+            return 0
+        res = S.sweep(cfg, args.out, args.base, args.jobs, args.overwrite, args.quiet, args.cells, args.imports,
+                      config_path=args.config)
+        print(f"sweep: {len(res['trained'])} cell(s) trained, {len(res['skipped'])} already done")
+        if res["summary"]:
+            print(f"summary written to {Path(args.out) / 'summary.md'}; LaTeX tables and figures: "
+                  f"python -m analysis paper {args.out} --out paper")
+        else:
+            print("cells still missing: run the same command without --cell once they are done")
     elif args.command == "table":
         from mitigate.report import write_combined
 
