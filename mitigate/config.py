@@ -22,6 +22,7 @@ import yaml
 from mitigate import plugins
 from mitigate.core.fields import ConfigError, Section, build, describe, opt, suggest, to_dict
 from mitigate.core.registry import Registry
+from mitigate.metrics.semantic import EMBEDDERS
 from mitigate.objectives import OBJECTIVES
 from mitigate.policies import POLICIES
 from mitigate.regularizers import REGULARIZERS
@@ -62,7 +63,8 @@ def registered(registry: Registry, default: str, many: bool = False):
 
 @dataclass
 class PretrainConfig(Section):
-    steps: int = opt(80, "optimizer steps of next-token pretraining", min=1)
+    steps: int = opt(80, "optimizer steps of next-token pretraining (0: save the model as given, e.g. an hf "
+                         "checkpoint)", min=0)
     batch_size: int = opt(256, "sequences per pretraining step", min=1)
     lr: float = opt(3e-3, "peak AdamW learning rate (cosine decay after warmup)", min=0.0)
     warmup_steps: int = opt(20, "linear warmup steps", min=0)
@@ -109,6 +111,19 @@ class EvalConfig(Section):
     id_split: str = opt("id_test", "ID split evaluated: the task's test split (id_test, to report) or its "
                                    "validation split (id_val, to choose settings)",
                         choices=("id_test", "id_val"))
+    embedder: str = opt("tfidf", "text tasks: embedder of the diversity among correct answers (tfidf: lexical, "
+                                 "minilm: semantic; see mitigate.metrics.semantic)")
+    embedder_path: str = opt("", "local model folder of the embedder (minilm: a sentence-transformers folder)")
+    embedder_sha256: str = opt("", "expected sha256 of the embedder's weights file, checked on load (empty: unchecked)")
+    cluster_threshold: float = opt(0.5, "cosine distance below which correct answers join one cluster (average "
+                                        "linkage)", min=0.0, max=2.0)
+    vendi_q: float = opt(1.0, "order q of the Vendi score (1: Shannon; larger q weighs the dominant answers more)",
+                         min=0.0)
+
+    def validate(self) -> None:
+        if self.embedder not in EMBEDDERS:
+            raise ValueError(f"unknown embedder '{self.embedder}' for 'eval.embedder'; allowed: "
+                             f"{', '.join(EMBEDDERS.names())}")
 
 
 @dataclass
@@ -123,6 +138,8 @@ class ReproduceConfig(Section):
                               "theta_base + alpha (theta_trained - theta_base)")
     n_boot: int = opt(2000, "crossed-bootstrap replicates for intervals, paired differences and rank intervals",
                       min=100)
+    demo_bias_samples: int = opt(64, "samples per demonstration in the base model's demonstration-bias probe",
+                                 min=1)
 
 
 @dataclass

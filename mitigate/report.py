@@ -37,6 +37,10 @@ def _columns(summary: dict) -> list[tuple[str, tuple]]:
                                                       ("concept entropy", "concept_entropy"),
                                                       ("top-concept share", "top_concept_share"),
                                                       ("token entropy", "token_entropy"))]
+    # text tasks: diversity of the correct answers as text (absent from the graph task's summaries)
+    cols += [(f"{kind} {label}", ("id", f"{kind}_{key}")) for kind in ("semantic", "lexical")
+             for label, key in (("cosine distance", "cosine_distance"), ("Vendi", "vendi"), ("clusters", "clusters"))
+             if f"{kind}_{key}" in first["id"]]
     for s in ood_splits(summary):
         top = max(first["ood"][s]["pass_at_k"], key=int)  # < 64 if n < 64
         cols += [(f"{s} pass@1", ("ood", s, "pass_at_k", "1")), (f"{s} pass@{top}", ("ood", s, "pass_at_k", top))]

@@ -25,13 +25,23 @@ What it guarantees, because each silently changes results when left to library d
 (`mitigate.policies.chunked`), without the [B, T, V] tensor; `logprobs(...)` keeps the protocol's
 full [B, T, V] path. `build_tiny_checkpoint` writes a tiny random Llama or
 Qwen3 checkpoint with a locally trained tokenizer and a chat template, for tests and smoke runs.
+
+`model.path: tiny:qwen3` (or `tiny:llama`) names that tiny checkpoint instead of a folder, and
+`task.tokenizer: tiny:qwen3` its tokenizer: both are rebuilt on demand, deterministically (fixed
+corpus, fixed init seed), into a temporary folder of the process, and loaded from there with the
+same checks as any folder. A config that names `tiny:...` therefore holds no machine-specific path
+and stays valid after its run folder moves; the checkpoints a run saves carry the weights and the
+tokenizer themselves.
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
 import inspect
 import json
+import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +109,9 @@ def check_model_folder(path: str, allow_download: bool = False) -> None:
     """A clear error for a model path that cannot be loaded without a network."""
     if not path:
         raise ConfigError("model.path is empty: give the local folder of an AutoModelForCausalLM checkpoint")
+    if str(path).startswith(TINY_PREFIX):
+        tiny_arch(str(path))
+        return
     folder = Path(path)
     if allow_download and not folder.exists():
         return  # a hub name: transformers resolves it
@@ -113,7 +126,9 @@ def check_model_folder(path: str, allow_download: bool = False) -> None:
 def load_tokenizer(path: str | Path, allow_download: bool = False):
     """The checkpoint's tokenizer, checked: it has a pad token, and the class AutoTokenizer picks
     encodes like the folder's own tokenizer.json (a `qwen2` config, for one, makes AutoTokenizer
-    rebuild the pre-tokenizer, which silently changes ids of a custom tokenizer)."""
+    rebuild the pre-tokenizer, which silently changes ids of a custom tokenizer). `tiny:ARCH`: the
+    tokenizer of the tiny checkpoint (`tiny_folder`)."""
+    path = local_folder(path)
     if not allow_download and not Path(path).is_dir():
         raise ConfigError(f"tokenizer folder not found: '{path}' does not exist (a local folder holding the "
                           "tokenizer files, normally the model's own folder)")
@@ -249,6 +264,7 @@ class HFPolicy:
     @classmethod
     def from_folder(cls, folder: str | Path, cfg: HFConfig, device="cpu") -> HFPolicy:
         check_model_folder(str(folder), cfg.allow_download)
+        folder = local_folder(folder)
         tokenizer = load_tokenizer(folder, cfg.allow_download)
         model = load_model(folder, cfg, device)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
@@ -258,7 +274,8 @@ class HFPolicy:
 
     @classmethod
     def build(cls, cfg: HFConfig, task) -> HFPolicy:
-        """The checkpoint at `cfg.path` (an `hf` policy starts from trained weights, never from scratch).
+        """The checkpoint at `cfg.path` (an `hf` policy starts from trained weights, never from scratch;
+        `tiny:ARCH` is the tiny random checkpoint of `tiny_folder`).
         A task that tokenizes text itself must use the same tokenizer: checked when it exposes one."""
         policy = cls.from_folder(cfg.path, cfg)
         task_tok = getattr(task, "tokenizer", None)
@@ -395,6 +412,26 @@ class HFPolicy:
         out = torch.zeros(keep.shape, dtype=per_token.dtype, device=per_token.device)
         return out.masked_scatter(keep, per_token)
 
+    def pretraining_loss(self, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the target tokens (`loss_mask` 1; never the prompt) of right-padded
+        rows [B, L], as `pretrain` uses it for a supervised warm-up. Each row attends up to its last
+        target token (so a pad id that doubles as a real token, e.g. pad = EOS, is still attended
+        inside the row); log-probs come from hidden states in chunks, without the [B, L, V] tensor."""
+        self._check_plain_logits()
+        device = self.device
+        tokens, loss_mask = tokens.to(device), loss_mask.to(device)
+        length = tokens.shape[1]
+        last = length - 1 - loss_mask.flip(1).float().argmax(1)
+        attn = (torch.arange(length, device=device)[None] <= last[:, None]).long()
+        kwargs = {"logits_to_keep": 1} if self.keeps_logits else {}
+        out = self.wrapped(input_ids=tokens, attention_mask=attn, use_cache=False, output_hidden_states=True,
+                           **kwargs)
+        keep = loss_mask[:, 1:].bool()  # position i predicts token i + 1
+        hidden = out.hidden_states[-1][:, :-1][keep]
+        weight, bias = self.output_projection()
+        logp = chunked_token_logprobs(hidden, weight, tokens[:, 1:][keep], self.cfg.divergence_chunk, bias)
+        return -logp.mean()
+
     def _check_plain_logits(self, *others: HFPolicy) -> None:
         for p in (self, *others):
             if p.logit_transform:
@@ -468,6 +505,36 @@ def train_tokenizer(texts, vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>",
                                    additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
                                    chat_template=CHAT_TEMPLATE)
+
+
+TINY_PREFIX = "tiny:"
+_TINY_FOLDERS: dict[str, Path] = {}  # arch -> this process's copy of the tiny checkpoint
+
+
+def tiny_arch(spec: str) -> str:
+    """The architecture named by `tiny:ARCH` (a clear error for an unknown one)."""
+    arch = spec[len(TINY_PREFIX):]
+    if arch not in TINY_ARCHS:
+        raise ConfigError(f"unknown tiny checkpoint '{spec}'; allowed: "
+                          + ", ".join(TINY_PREFIX + a for a in TINY_ARCHS))
+    return arch
+
+
+def tiny_folder(spec: str) -> Path:
+    """The folder of `tiny:ARCH`: `build_tiny_checkpoint(folder, ARCH)` with its defaults (the default
+    corpus, seed 0), written once per process into a temporary folder removed at exit. Every build
+    is identical (checked in the tests), so every process and every run sees the same model."""
+    arch = tiny_arch(spec)
+    if arch not in _TINY_FOLDERS or not (_TINY_FOLDERS[arch] / "config.json").is_file():
+        root = Path(tempfile.mkdtemp(prefix="mitigate-tiny-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _TINY_FOLDERS[arch] = build_tiny_checkpoint(root / arch, arch)
+    return _TINY_FOLDERS[arch]
+
+
+def local_folder(path: str | Path) -> str | Path:
+    """`path` itself, or the folder of a `tiny:ARCH` spec."""
+    return tiny_folder(str(path)) if str(path).startswith(TINY_PREFIX) else path
 
 
 def build_tiny_checkpoint(folder: str | Path, arch: str = "llama", texts=DEFAULT_CORPUS, vocab_size: int = 512,

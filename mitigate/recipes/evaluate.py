@@ -1,19 +1,28 @@
 """Evaluation: n samples per prompt on the ID split and the task's OOD splits -> pass@k,
 diversity, token entropy, with bootstrap intervals over prompts; and the demonstration-bias
-probe of a model."""
+probe of a model.
+
+A task that offers completion texts (`task.completion_text(tokens)`, e.g. sciqa) also gets the
+diversity of each prompt's correct answers as text (`metrics.semantic.answer_diversity`: mean
+pairwise cosine distance, Vendi score, clusters), embedded by `eval.embedder`; its keys are named
+by the embedder's kind (`lexical_*` for TF-IDF, `semantic_*` for sentence embeddings). A task
+without texts (the graph task) gets exactly the rows it had."""
 
 from __future__ import annotations
 
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mitigate import config as C
+from mitigate.core.fields import ConfigError
 from mitigate.core.io import check_output_file, write_json
 from mitigate.core.resume import differences
 from mitigate.core.seeding import device_for, torch_stream
 from mitigate.metrics import ci_tree, ks_up_to, mean_metrics, prompt_metrics
+from mitigate.metrics.semantic import answer_diversity, make_embedder
 from mitigate.policies import CheckpointError, checkpoint_meta, load_policy, resolve_checkpoint
 from mitigate.rollout import generate
 from mitigate.tasks import make_task
@@ -34,8 +43,32 @@ def split_prompts(task, split: str, max_prompts: int = 0) -> list:
     return prompts[:max_prompts] if max_prompts else prompts
 
 
-def prompt_rows(policy, task, prompts, n, temperature, generator, batch_size, desc="eval", quiet=True) -> list[dict]:
-    """Per-prompt metrics of n samples each (pass@k, diversity, token entropy)."""
+@lru_cache(maxsize=4)
+def cached_embedder(name: str, path: str = "", sha256: str = ""):
+    """One embedder per setting and process (a sentence-embedding model loads once per run, not once
+    per evaluated model). `path` and `sha256` are passed only when set."""
+    settings = {k: v for k, v in (("path", path), ("sha256", sha256)) if v}
+    try:
+        return make_embedder(name, **settings)
+    except TypeError as e:  # e.g. a path given to tfidf, which takes none
+        raise ConfigError(f"embedder '{name}' does not take {', '.join(f'eval.embedder_{k}' for k in settings)} "
+                          f"({e})") from e
+
+
+def text_diversity(task, eval_cfg):
+    """texts -> {<kind>_cosine_distance, <kind>_vendi, <kind>_clusters} for a task that offers
+    completion texts, with the embedder and settings of `eval_cfg`; None for a task without texts.
+    Builds (and so checks) the embedder: call it before long work to fail early."""
+    if not callable(getattr(task, "completion_text", None)):
+        return None
+    embedder = cached_embedder(eval_cfg.embedder, eval_cfg.embedder_path, eval_cfg.embedder_sha256)
+    return partial(answer_diversity, embedder=embedder, threshold=eval_cfg.cluster_threshold, q=eval_cfg.vendi_q)
+
+
+def prompt_rows(policy, task, prompts, n, temperature, generator, batch_size, desc="eval", quiet=True,
+                diversity=None) -> list[dict]:
+    """Per-prompt metrics of n samples each (pass@k, diversity, token entropy); with `diversity`
+    (see `text_diversity`), also the diversity of the prompt's correct answers as text."""
     r = generate(policy, task, prompts, n, temperature, generator, batch_size, desc, quiet)
     tokens, ent = r.tokens.numpy(), r.token_entropy.numpy()
     ks = ks_up_to(n)
@@ -46,6 +79,8 @@ def prompt_rows(policy, task, prompts, n, temperature, generator, batch_size, de
         row = prompt_metrics(r.correct[sl], outputs, r.labels[sl], ks)
         row["token_entropy"] = float(ent[sl].mean())
         good = r.labels[sl][r.correct[sl]]
+        if diversity is not None:
+            row.update(diversity([task.completion_text(t) for t in tokens[sl][r.correct[sl]]]))
         row["label_counts"] = {str(k): int(v) for k, v in zip(*np.unique(good, return_counts=True))}
         rows.append(row)
     return rows
@@ -54,10 +89,11 @@ def prompt_rows(policy, task, prompts, n, temperature, generator, batch_size, de
 def evaluate_rows(policy, task, eval_cfg, generator, quiet: bool = True) -> dict[str, list[dict]]:
     """{result key: per-prompt rows} over the ID split and every OOD split, one generator in turn."""
     out = {}
+    diversity = text_diversity(task, eval_cfg)
     for key, split in eval_splits(task, eval_cfg).items():
         prompts = split_prompts(task, split, eval_cfg.max_prompts)
         out[key] = prompt_rows(policy, task, prompts, eval_cfg.samples, eval_cfg.temperature, generator,
-                               eval_cfg.batch_size, desc=f"eval {split}", quiet=quiet)
+                               eval_cfg.batch_size, desc=f"eval {split}", quiet=quiet, diversity=diversity)
     return out
 
 
@@ -154,6 +190,7 @@ def evaluate_checkpoint(ckpt, out: str | Path | None = None, overrides=(), seed:
                             f"(task.{'; task.'.join(diff)}); a model is evaluated on its own task: drop the task.* "
                             "overrides")
     task = make_task(cfg.task)
+    text_diversity(task, cfg.eval)  # a bad embedder setting fails before the model loads
     policy, meta = load_policy(folder, device_for(cfg.device))
     res = {"method": meta.get("method"), "checkpoint": str(ckpt), "seed": seed, "task": C.to_dict(cfg.task),
            "overrides": list(overrides), **evaluate(policy, task, cfg.eval, seed, quiet)}

@@ -1,5 +1,11 @@
 """Pretraining recipe: next-token prediction on the task's pretraining sequences -> base model.
 
+`pretrain.steps: 0` saves the model as given, without asking the task for data: an `hf` checkpoint
+(which starts from trained weights) becomes the run's base checkpoint unchanged; a graph model
+would be its fresh initialisation. With steps > 0 the same loop trains any policy that offers
+`pretraining_loss` (the graph task's pretraining; an `hf` model's supervised warm-up on the task's
+`pretraining_data`).
+
 The run works in `OUT.partial` with a resume checkpoint every `pretrain.save_every` steps (see
 `mitigate.recipes.train` and `mitigate.core.resume`)."""
 
@@ -36,7 +42,8 @@ def pretrain(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: boo
     seed_everything(cfg.seed)
     task = make_task(cfg.task)
     pc = cfg.pretrain
-    tokens, loss_mask = (torch.from_numpy(a) for a in task.pretraining_data())
+    if pc.steps:  # before the policy: the graph model's initialisation follows the task data's draws
+        tokens, loss_mask = (torch.from_numpy(a) for a in task.pretraining_data())
     policy = build_policy(cfg.model, task)
     policy.model.to(device)
     opt = torch.optim.AdamW(policy.model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay, betas=(0.9, 0.98))

@@ -21,7 +21,7 @@ from mitigate import config as C
 from mitigate.budget import Budget
 from mitigate.core import resume as checkpointing
 from mitigate.core.io import plan_run, read_json, resumable_run, versions, write_json, write_meta
-from mitigate.core.seeding import torch_stream
+from mitigate.core.seeding import device_for, torch_stream
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import frontier_gaps, summarize
 from mitigate.objectives import OBJECTIVES
@@ -34,6 +34,7 @@ from mitigate.recipes.evaluate import (
     id_split,
     rows_from_record,
     split_prompts,
+    text_diversity,
 )
 from mitigate.recipes.pretrain import pretrain
 from mitigate.recipes.train import train
@@ -100,9 +101,11 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
     method_cfgs = {m: method_config(cfg, m) for m in train_methods}
     seeds = list(cfg.reproduce.seeds)
     task = make_task(cfg.task)
+    text_diversity(task, cfg.eval)  # text tasks: the embedder loads (or fails) before any work
+    device = device_for(cfg.device)  # evaluation runs here; training places itself (accelerate)
     if base is not None:
         base_ckpt = resolve_checkpoint(base)
-        base_policy, meta = load_policy(base_ckpt)
+        base_policy, meta = load_policy(base_ckpt, device)
         if not same_task(meta.get("task"), cfg):
             raise C.ConfigError(f"--base '{base}' was pretrained on other task parameters than this config's")
     t0 = time.time()
@@ -121,12 +124,12 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
             bar.set_postfix_str("pretrain base")
             checkpointing.fault_point("reproduce", "base")
             base_ckpt = pretrain(cfg, tmp / "base", quiet=True, resume=True) / "checkpoint"
-            base_policy, _ = load_policy(base_ckpt)
+            base_policy, _ = load_policy(base_ckpt, device)
         rows, bias, folders = {}, None, {}
         if "base" in methods:  # a sweep on a shared base may leave it out of its table
             rows["base"] = {cfg.seed: evaluate_and_record(base_policy, task, cfg.eval, cfg.seed, tmp / "base", quiet)}
             prompts = split_prompts(task, id_split(task, cfg.eval), cfg.eval.max_prompts)
-            bias = demonstration_bias(base_policy, task, prompts,
+            bias = demonstration_bias(base_policy, task, prompts, n=cfg.reproduce.demo_bias_samples,
                                       seed=cfg.seed, batch_size=cfg.eval.batch_size, quiet=True)
         bar.update(1)
         # ---- every method x seed: train from the base, evaluate on the same prompts; the
@@ -141,7 +144,7 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
                 mcfg = C.with_overrides(method_cfgs[m], {"seed": s})
                 run = train(mcfg, base_ckpt, tmp / f"{m}-seed{s}", quiet=True, method=m, resume=True)
                 folders[m].append(run)
-                trained = Lazy(lambda run=run: load_policy(run)[0])
+                trained = Lazy(lambda run=run: load_policy(run, device)[0])
                 rows[m][s] = evaluate_and_record(trained, task, cfg.eval, s, run, quiet)
                 for a in cfg.reproduce.interpolation if m in curves else ():
                     point = f"{m}@{a:g}"

@@ -17,11 +17,10 @@ from mitigate import config as C
 from mitigate.core.fields import ConfigError
 from mitigate.policies import load_policy
 from mitigate.policies.hf import HFConfig, HFPolicy, build_tiny_checkpoint
-from mitigate.recipes.common import checkpoint_record
 from mitigate.tasks import make_task
 from mitigate.tasks.sciqa import SciQAParams, SciQATask, extract_choice, read_records
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sciqa"
+FIXTURES = Path(__file__).resolve().parents[2] / "mitigate" / "tasks" / "sciqa" / "data"  # shipped with the package
 QUESTIONS, EARTH = FIXTURES / "questions.jsonl", FIXTURES / "earth_sciq.jsonl"
 OPTIONS = ("Nucleus", "Mitochondrion", "Ribosome", "Golgi apparatus")
 
@@ -177,8 +176,8 @@ def test_task_errors_tokenizer_and_data(tmp_path, tiny):
     bad = write_rows(tmp_path / "bad.jsonl", [{"id": "x", "question": "Q?", "options": ["a", "b"], "answer": "Q"}])
     with pytest.raises(ConfigError, match="answer 'Q' is not one of"):
         SciQATask(params(tiny, data=str(bad), ood_subjects=[]))
-    with pytest.raises(ConfigError, match="has no pretraining data"):
-        SciQATask(params(tiny)).pretraining_data()
+    with pytest.raises(ConfigError, match="warmup_answers.*unknown slot"):  # the warm-up's answer texts
+        SciQATask(params(tiny, warmup_answers=["{letter} {explanation}"]))
 
 
 # ----------------------------------------------------------------------------- splits and prompts
@@ -278,11 +277,10 @@ def sciqa_config(tmp_path: Path, tiny: Path, **task) -> Path:
 
 
 def base_checkpoint(config: Path, out: Path) -> Path:
-    """What `pretrain` would write, for a task that starts from a checkpoint: the model as it is."""
-    cfg = C.load(config)
-    task = make_task(cfg.task)
-    policy = HFPolicy.build(cfg.model, task)
-    return policy.save(out, checkpoint_record(cfg, "base", policy))
+    """`mitigate pretrain` with `pretrain.steps=0`: the checkpoint as it is, saved as the run's base."""
+    assert cli.main(["pretrain", "--config", str(config), "--out", str(out), "--quiet",
+                     "--set", "pretrain.steps=0"]) == 0
+    return out / "checkpoint"
 
 
 def test_train_and_eval_through_the_cli(tmp_path, tiny):
@@ -319,5 +317,6 @@ def test_bad_input_through_the_cli_leaves_nothing_behind(tmp_path, tiny, capsys)
     assert "no answer" in err and "no {demonstration} slot" in err and "allowed: mc, sciq" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "base", "sciqa.yaml"]
     out = tmp_path / "pre"
-    assert cli.main(["pretrain", "--config", str(sciqa_config(tmp_path, tiny)), "--out", str(out), "--quiet"]) == 2
-    assert "has no pretraining data" in capsys.readouterr().err and not out.exists()
+    assert cli.main(["pretrain", "--config", str(sciqa_config(tmp_path, tiny)), "--out", str(out), "--quiet",
+                     "--set", "task.warmup_answers=['{answer}']"]) == 2
+    assert "unknown slot(s) ['answer']" in capsys.readouterr().err and not out.exists()

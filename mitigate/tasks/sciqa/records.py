@@ -11,7 +11,8 @@ the problem, raised before anything is written.
     sciknoweval  {"question", "choices": {"label": [..], "text": [..]}, "answerKey", "domain"?}   (SciKnowEval MCQ)
 
 Rows without an id get one derived from their content, so option shuffling and splits stay fixed
-when the file is reordered.
+when the file is reordered. A path `bundled:NAME` names a file shipped with the package in
+`mitigate/tasks/sciqa/data/` (a small hand-written set for smoke runs and tests; see its README).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from mitigate.core.fields import ConfigError
 
 FORMATS = ("mc", "sciq", "arc", "gpqa", "sciknoweval")
+BUNDLED = "bundled:"
+DATA_DIR = Path(__file__).parent / "data"
 LETTERS = "ABCDEFGHIJ"  # at most 10 options per question
 
 
@@ -141,11 +144,24 @@ def check_record(r: Record) -> None:
         raise RowError(f"answer index {r.answer} outside the {len(r.options)} options")
 
 
+def data_path(path: str | Path, where: str = "task.data") -> Path:
+    """`path`, or for `bundled:NAME` the file NAME shipped in the package's data folder."""
+    text = str(path)
+    if not text.startswith(BUNDLED):
+        return Path(path)
+    name = text[len(BUNDLED):]
+    shipped = sorted(p.name for p in DATA_DIR.glob("*.jsonl"))
+    if name not in shipped:
+        raise ConfigError(f"{where}: no bundled dataset '{name}'; bundled: "
+                          + ", ".join(BUNDLED + n for n in shipped))
+    return DATA_DIR / name
+
+
 def read_records(path: str | Path, fmt: str, where: str = "task.data") -> list[Record]:
     """Every row of a JSONL file as a checked `Record`, in file order; ids must be unique."""
     if fmt not in READERS:
         raise ConfigError(f"unknown dataset format '{fmt}'; allowed: {', '.join(FORMATS)}")
-    path = Path(path)
+    path = data_path(path, where)
     if not path.is_file():
         raise ConfigError(f"{where}: dataset file not found: '{path}'")
     records, seen = [], {}

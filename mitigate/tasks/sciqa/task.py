@@ -18,7 +18,14 @@ id and divided by `seed` into id_train / id_val / id_test; OOD splits are sorted
 split depends on the order of the file. Options are shuffled per question by a seed derived from `seed` and the
 question id. A completion's label is the index of the option it commits to when it is correct
 (-1 otherwise), so among correct rollouts the label is always the answer: semantic diversity among
-correct answers of a text task is measured on the text (`mitigate.metrics.semantic`).
+correct answers of a text task is measured on the text (`mitigate.metrics.semantic`; evaluation
+rows carry it because the task offers `completion_text`).
+
+Pretraining: a real checkpoint starts as given (`pretrain.steps: 0`). With steps > 0, `pretrain`
+runs a supervised warm-up on `pretraining_data`: every id_train prompt followed by each of
+`warmup_answers` for its correct option. The sciqa-smoke preset uses it to teach a tiny random
+model the answer format, so that its samples are sometimes correct and the diversity among correct
+answers is measured on real texts.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ TEACHER_TEMPLATE = ("Here is a correct response to the question below:\n\n{demon
                     "Now answer the question yourself. Reason briefly, then give the letter of the correct "
                     "option as <answer>X</answer>.\n\nQuestion: {question}\n{options}")
 STOP_TOKENS = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>"]
+# Answers of the supervised warm-up (`pretraining_data`), in several of the forms the verifier reads.
+WARMUP_ANSWERS = ["The answer is {letter}.", "<answer>{letter}</answer>",
+                  "{option} is correct. <answer>{letter}</answer>", "Answer: {letter}", "\\boxed{{{letter}}}"]
+WARMUP_SLOTS = ("letter", "option")
 
 
 def template_slots(template: str, where: str) -> set[str]:
@@ -82,6 +93,8 @@ class SciQAParams(Section):
     max_new_tokens: int = opt(256, "longest completion sampled", min=1)
     feature_buckets: int = opt(256, "hashed bag-of-tokens size in rollout_features (the ot regularizer's cost)",
                                min=8)
+    warmup_answers: list = opt(WARMUP_ANSWERS, "answers `pretrain` (steps > 0) teaches after each id_train prompt: "
+                                               "slots {letter}, {option} of the correct option")
 
     def validate(self) -> None:
         if self.val_fraction + self.test_fraction >= 1.0:
@@ -96,6 +109,19 @@ class SciQAParams(Section):
         for where, slots in (("student_template", student), ("teacher_template", teacher)):
             if not {"question", "options"} <= slots:
                 raise ValueError(f"task.{where} needs both {{question}} and {{options}}")
+        if not self.warmup_answers:
+            raise ValueError("task.warmup_answers is empty: give at least one answer text, e.g. "
+                             "'<answer>{letter}</answer>'")
+        for i, text in enumerate(self.warmup_answers):
+            if not isinstance(text, str):
+                raise ValueError(f"task.warmup_answers[{i}] must be a string, got {text!r}")
+            try:
+                names = {n for _, n, _, _ in string.Formatter().parse(text) if n is not None}
+            except ValueError as e:
+                raise ValueError(f"task.warmup_answers[{i}]: not a valid template ({e})") from e
+            if names - set(WARMUP_SLOTS):
+                raise ValueError(f"task.warmup_answers[{i}]: unknown slot(s) {sorted(names - set(WARMUP_SLOTS))}; "
+                                 "allowed: {letter}, {option}")
 
 
 @dataclass(frozen=True)
@@ -277,7 +303,21 @@ class SciQATask:
         bag = np.divide(bag, norm, out=np.zeros_like(bag), where=norm > 0)
         return np.hstack([np.sqrt(label_weight / 2) * one_hot, np.sqrt((1 - label_weight) / 2) * bag])
 
-    def pretraining_data(self):
-        raise ConfigError("task 'sciqa' has no pretraining data: it starts from an existing checkpoint. Save one "
-                          "as a mitigate checkpoint (HFPolicy.build(cfg.model, task).save(out, record)) and pass it "
-                          "to train/reproduce with --init/--base")
+    def pretraining_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens [N, L], loss_mask [N, L]) of the supervised warm-up: every id_train prompt followed by
+        each of `warmup_answers` for its correct option and the EOS token, right-padded with the pad
+        id. The loss covers the answer and its EOS, never the prompt. Only id_train questions: the
+        evaluated splits are never trained on."""
+        rows = []
+        for q in self.prompts(self.train_split):
+            for template in self.params.warmup_answers:
+                text = template.format(letter=q.answer_letter, option=q.options[q.answer])
+                answer = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.vocab.eos]
+                rows.append((q.tokens, answer))
+        width = max(len(c) + len(a) for c, a in rows)
+        tokens = np.full((len(rows), width), self.vocab.pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=bool)
+        for i, (context, answer) in enumerate(rows):
+            tokens[i, :len(context) + len(answer)] = context + answer
+            mask[i, len(context):len(context) + len(answer)] = True
+        return tokens, mask
