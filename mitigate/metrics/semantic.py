@@ -27,18 +27,17 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from mitigate.core.fields import ConfigError
 from mitigate.core.registry import Registry
-from mitigate.metrics import summary
+from mitigate.metrics.summary import TEXT_DIVERSITY_KEYS
 
 EMBEDDERS = Registry("embedder")
 register_embedder = EMBEDDERS.register
 
 KINDS = ("semantic", "lexical")
 MEASURES = ("cosine_distance", "vendi", "clusters")
-# Every per-prompt key `answer_diversity` can write. They join the scalars summary.json reports
-# beside pass@k (`summary.SCALARS`, after the ones it had): a row reports only the keys it has, so
-# the rows of a task without texts (the graph task) are summarised exactly as before.
-DIVERSITY_KEYS = tuple(f"{kind}_{m}" for kind in KINDS for m in MEASURES)
-summary.SCALARS = summary.SCALARS + tuple(k for k in DIVERSITY_KEYS if k not in summary.SCALARS)
+# Every per-prompt key `answer_diversity` can write; summary.json reports them beside pass@k
+# (`summary.SCALARS`), and a task without texts (the graph task) simply has none of them.
+DIVERSITY_KEYS = TEXT_DIVERSITY_KEYS
+assert DIVERSITY_KEYS == tuple(f"{kind}_{m}" for kind in KINDS for m in MEASURES)
 
 
 # ----------------------------------------------------------------------------- embedders

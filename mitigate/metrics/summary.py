@@ -25,8 +25,12 @@ from mitigate.metrics.statistics import (
     set_path,
 )
 
-# per-prompt scalars reported beside pass@k (diversity is measured among correct samples)
-SCALARS = ("distinct_correct", "concepts", "concept_entropy", "top_concept_share", "token_entropy")
+# per-prompt scalars reported beside pass@k (diversity is measured among correct samples); a row
+# reports only the keys it has (text diversity: tasks with completion texts, `metrics.semantic`)
+TEXT_DIVERSITY_KEYS = tuple(f"{kind}_{m}" for kind in ("semantic", "lexical")
+                            for m in ("cosine_distance", "vendi", "clusters"))
+SCALARS = ("distinct_correct", "concepts", "concept_entropy", "top_concept_share", "token_entropy",
+           *TEXT_DIVERSITY_KEYS)
 
 
 def metric_keys(row: dict) -> list[tuple]:
