@@ -11,6 +11,13 @@ correct part of the policy, `d(y*) ∝ p(y*) 1[y* correct]` (`demo_distribution`
     marginalised teacher     exp(E[log (1/M) sum_m T[y*_m, y]]) / Z       -> arithmetic mean as M -> inf
     CMI reweighting          p0(y) exp(E_d[pcmi] - (1/M) sum_m pcmi(y; y*_m)) / Z
 
+The second part models the objectives as mitigate/objectives/*.py implement them (token-level
+distillation, shared on-policy demonstrations, leave-one-out baselines, GRPO's group normalisation,
+the KL anchor's score term) on a tabular autoregressive policy over all K**L token sequences with a
+copy-prone teacher: `objective_field` / `expected_gradient` give each objective's exact expected
+gradient and `tabular_fixed_point` its fixed point; tests/unit/test_theory_code.py runs the shipped
+objectives on the same space and checks both.
+
 Everything is numpy/scipy. Expectations over M-tuples of demonstrations are exact: the targets
 depend on a tuple only through its count vector, so we enumerate count vectors with their
 multinomial probabilities (C(M+k-1, k-1) of them for k demonstrable outputs) and fall back to
@@ -25,7 +32,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import root
 from scipy.special import gammaln, logsumexp
+from scipy.stats import binom
 
 from mitigate.core.io import write_text
 
@@ -325,6 +334,348 @@ def cmi_reweighting_error(p0, correct, T, Ms: Sequence[int], exact_max_tuples: i
 
 
 # ---------------------------------------------------------------------------------------------
+# the objectives as the code implements them: a tabular autoregressive policy
+#
+# The flat functions above model one idealised objective each. The functions below model what
+# mitigate/objectives/*.py compute, term by term, on a space small enough to enumerate: outputs
+# are all K**L token sequences of length L, the policy is one softmax per prefix (logits
+# [n_prefix, K]; any full-support distribution over outputs is reachable), a group is G iid
+# rollouts, demonstrations are drawn as `ops.pick_demonstrations` draws them (uniformly, with
+# replacement, from the correct rollouts of the group other than the rollout itself; the rollout
+# itself when it is the group's only correct one), and the teacher is copy-prone:
+#
+#     T(v | y*, h) = softmax(theta_T(h) + kappa 1[v = y*_t])        (h a prefix of length t)
+#
+# with theta_T the student's own logits (teacher "live"; also the fixed point of an "ema" teacher,
+# which equals the student once it stops moving) or the base logits (teacher "base").
+#
+# For each objective, `objective_field` returns X [n_prefix, K] such that the exact expected
+# gradient of the code's loss per rollout (aggregation seq_sum, one prompt per step) plus the
+# shared anchor beta * KL(pi || p0) (`ops.reverse_kl_anchor`), with respect to the logits of
+# prefix h, is  q_h * (X_h - E_{q_h} X_h). A fixed point is where every X_h is constant in v.
+# Writing pi(h) for the probability that a rollout passes through h, the terms of X_h(v) are
+#
+#   anchor            beta pi(h) [log q_h(v) - log p0_h(v) + F(hv)],   F(hv) = expected KL still
+#                     to come after hv (the score term of the anchor; without it the fixed point
+#                     is not the RL optimum)
+#   token-level       sum_d W_h(d) [log q_h(v) - log T(v | d, h)]   (sdsd; sdsd_marginal with the
+#   distillation      M-mixture teacher in place of T; W_h(d) = probability that a rollout passes
+#                     through h and is distilled toward demonstration (tuple) d)
+#   score term        - pi(h) E[R(y) | y passes through hv]   for a per-rollout reward R
+#                     (grpo: E[advantage | r(y)]; sdsd_cmi: E[advantage | y]; sdsd_anticopy:
+#                     -coef E[centred pcmi | y])
+#
+# What the fixed points say (checked in tests/unit/test_theory.py and, against the shipped code,
+# tests/unit/test_theory_code.py):
+#   grpo, sdsd_cmi     pi(y) = p0(y) exp(R(y) / beta) / Z with R the expected advantage: R depends
+#                      on y only through r(y) for grpo, and is 0 on the correct set for sdsd_cmi at
+#                      coef = 1, so both keep p0's ratios among correct outputs exactly.
+#   sdsd               q_h ∝ exp([Omega_h G_h + beta pi(h) (log p0_h - F(h.))] / (Omega_h + beta pi(h))),
+#                      Omega_h = sum_d W_h(d), G_h = sum_d W_h(d) log T(. | d, h) / Omega_h: a
+#                      per-prefix geometric mean of the teachers of the on-policy demonstrations
+#                      (self-demonstrations included), pulled toward the base by the anchor. For the
+#                      live copy teacher: q_h ∝ p0_h exp(-F(h.) + kappa Omega_h P_h(.) / (beta pi(h)))
+#                      with P_h(v) the W_h-share of demonstrations whose token at this position is v:
+#                      the tilt toward what demonstrations say, strongest for the likeliest.
+#   sdsd_marginal      the same with the prefix-weighted M-mixture in place of T: a geometric mean
+#                      of mixtures. The copy teacher is not Bayes-consistent, so the mixture does
+#                      not average the tilt away (most of it stays).
+#   sdsd_anticopy      sdsd's field plus a reward -coef a E[pcmi(y; y*)] on correct outputs: for
+#                      coef > 1 a flattening that favours what demonstrations make less likely.
+
+TABULAR_OBJECTIVES = ("grpo", "sdsd", "sdsd_marginal", "sdsd_cmi", "sdsd_anticopy")
+
+
+class TabularSpace:
+    """All K**L sequences of L tokens from a vocabulary of K (no end token: every output has L
+    tokens), a correct set, and the prefix tree of an autoregressive tabular policy.
+
+    Output index = the sequence read as a base-K number (lexicographic). Prefix index: the
+    prefixes of length t (0 <= t < L) in lexicographic order after all shorter ones, so the empty
+    prefix is 0 and logits have shape [n_prefix, K], n_prefix = (K**L - 1) / (K - 1).
+    """
+
+    def __init__(self, K: int, L: int, correct):
+        if K < 2 or L < 1:
+            raise ValueError(f"TabularSpace needs K >= 2 tokens and L >= 1 positions, got K={K}, L={L}")
+        self.K, self.L, self.n = K, L, K**L
+        self.correct = _check_correct(correct, self.n)
+        if not self.correct.any():
+            raise ValueError("TabularSpace: no output is correct")
+        self.outputs = np.array(list(itertools.product(range(K), repeat=L)), dtype=np.int64).reshape(self.n, L)
+        self.offset = np.array([(K**t - 1) // (K - 1) for t in range(L + 1)])
+        self.n_prefix = int(self.offset[L])
+        # prefix_of[y, t]: index of y_<t
+        value = np.zeros(self.n, dtype=np.int64)
+        cols = []
+        for t in range(L):
+            cols.append(self.offset[t] + value)
+            value = value * K + self.outputs[:, t]
+        self.prefix_of = np.stack(cols, 1)
+        self.depth = np.repeat(np.arange(L), K ** np.arange(L))               # [n_prefix]
+        # passes[y, h]: output y passes through prefix h
+        self.passes = np.zeros((self.n, self.n_prefix), dtype=bool)
+        for t in range(L):
+            self.passes[np.arange(self.n), self.prefix_of[:, t]] = True
+        # parent/last token of every non-empty prefix, for prefix log-likelihoods
+        self.parent = np.full(self.n_prefix, -1)
+        self.last = np.full(self.n_prefix, -1)
+        for t in range(1, L):
+            for y in range(self.n):
+                self.parent[self.prefix_of[y, t]] = self.prefix_of[y, t - 1]
+                self.last[self.prefix_of[y, t]] = self.outputs[y, t - 1]
+
+    def check_logits(self, logits, name: str = "logits") -> np.ndarray:
+        logits = np.asarray(logits, dtype=float)
+        if logits.shape != (self.n_prefix, self.K) or not np.all(np.isfinite(logits)):
+            raise ValueError(f"{name} must be finite with shape ({self.n_prefix}, {self.K}), got {logits.shape}")
+        return logits
+
+    def conditionals(self, logits) -> np.ndarray:
+        """log q_h(v): [n_prefix, K]."""
+        logits = self.check_logits(logits)
+        return logits - logsumexp(logits, axis=-1, keepdims=True)
+
+    def seq_logprobs(self, log_cond: np.ndarray) -> np.ndarray:
+        """log pi(y) = sum_t log q(y_t | y_<t) for [..., n_prefix, K] conditionals -> [..., n]."""
+        return log_cond[..., self.prefix_of, self.outputs].sum(-1)
+
+    def probs(self, logits) -> np.ndarray:
+        """pi(y) over the n outputs."""
+        return np.exp(self.seq_logprobs(self.conditionals(logits)))
+
+    def visits(self, pi: np.ndarray) -> np.ndarray:
+        """pi(h) = probability that a rollout passes through prefix h: [n_prefix]."""
+        return pi @ self.passes
+
+    def per_prefix_sum(self, pi: np.ndarray, Z: np.ndarray) -> np.ndarray:
+        """N[h, v] = sum_y pi(y) sum_t 1[y_<t = h, y_t = v] Z[y, t] for Z [n, L] (or [n])."""
+        Z = np.broadcast_to(np.asarray(Z, dtype=float).reshape(self.n, -1), (self.n, self.L))
+        out = np.zeros((self.n_prefix, self.K))
+        np.add.at(out, (self.prefix_of, self.outputs), pi[:, None] * Z)
+        return out
+
+    def logits_from_probs(self, p) -> np.ndarray:
+        """Logits (log conditionals) of the autoregressive factorisation of a full-support p [n]."""
+        p = _check_dist(p, "p")
+        if np.any(p <= 0):
+            raise ValueError("logits_from_probs needs a full-support distribution")
+        mass = np.zeros((self.n_prefix, self.K))
+        for t in range(self.L):
+            np.add.at(mass, (self.prefix_of[:, t], self.outputs[:, t]), p)
+        return np.log(mass / mass.sum(-1, keepdims=True))
+
+
+def copy_teacher_logprobs(space: TabularSpace, teacher_logits, kappa: float) -> np.ndarray:
+    """log T(v | y*=d, h) = log softmax(teacher_logits[h] + kappa 1[v = d_t]) for every
+    demonstration d (all n outputs) and prefix h of length t: [n, n_prefix, K]."""
+    teacher_logits = space.check_logits(teacher_logits, "teacher_logits")
+    copy = space.outputs[:, space.depth]                                      # [n, n_prefix]: d_t
+    logits = teacher_logits[None] + kappa * (copy[..., None] == np.arange(space.K))
+    return logits - logsumexp(logits, axis=-1, keepdims=True)
+
+
+def _prefix_loglik(space: TabularSpace, log_t: np.ndarray) -> np.ndarray:
+    """[..., n_prefix]: log-likelihood of each prefix h under teachers log_t [..., n_prefix, K]."""
+    out = np.zeros(log_t.shape[:-1])
+    for h in range(1, space.n_prefix):                                        # parents come first
+        out[..., h] = out[..., space.parent[h]] + log_t[..., space.parent[h], space.last[h]]
+    return out
+
+
+def grpo_expected_advantage(c: float, G: int, scale_std: bool = True, eps: float = 1e-6) -> np.ndarray:
+    """E[A_i | r_i] for r_i = 0, 1 (ops.group_advantages: (r - mean) / (std + eps), std with
+    G - 1 in the denominator) when the other G - 1 rewards are iid Bernoulli(c)."""
+    if G < 2:
+        raise ValueError(f"group size G must be >= 2, got {G}")
+    out = np.zeros(2)
+    for r in (0, 1):
+        for k in range(G):
+            x = np.array([r] + [1] * k + [0] * (G - 1 - k), dtype=float)
+            centred = x[0] - x.mean()
+            std = np.sqrt(((x - x.mean()) ** 2).sum() / (G - 1))
+            out[r] += binom.pmf(k, G - 1, c) * (centred / (std + eps) if scale_std else centred)
+    return out
+
+
+def _set_partitions(items: list):
+    """All partitions of `items` into non-empty blocks (Bell(len(items)) of them)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _set_partitions(rest):
+        yield [[first], *part]
+        for i in range(len(part)):
+            yield [*part[:i], [first, *part[i]], *part[i + 1:]]
+
+
+def _pool_tuple_law(u: np.ndarray, tuples: np.ndarray, k: int) -> np.ndarray:
+    """Probability of each ordered M-tuple of outputs (rows of `tuples` [n_tuples, M]) when M
+    demonstrations are drawn uniformly with replacement from a pool of k iid draws of u (the
+    correct rollouts of a group other than the rollout itself).
+
+    The M draws pick pool slots; a set partition of the draws into blocks of equal slots has
+    probability k (k-1) ... (k-|blocks|+1) / k**M, and given it the tuple is constant on each block
+    with an independent u-draw per block."""
+    M = tuples.shape[1]
+    out = np.zeros(len(tuples))
+    for part in _set_partitions(list(range(M))):
+        b = len(part)
+        if b > k:
+            continue
+        weight = math.perm(k, b) / k**M
+        consistent = np.all([np.all(tuples[:, blk] == tuples[:, blk[:1]], axis=1) for blk in part], axis=0)
+        out += weight * consistent * np.prod([u[tuples[:, blk[0]]] for blk in part], axis=0)
+    return out
+
+
+def objective_field(objective: str, space: TabularSpace, logits, base_logits, *, beta: float, G: int,
+                    kappa: float = 0.0, teacher: str = "live", M: int = 1, coef: float = 1.0,
+                    scale_std: bool = True, eps: float = 1e-6) -> np.ndarray:
+    """X [n_prefix, K]: the exact expected gradient of the shipped objective `objective` plus the
+    anchor beta KL(pi || p0), per rollout, with respect to the logits of prefix h, is
+    q_h * (X_h - E_{q_h} X_h) (see the section comment). Settings as in the objectives' configs:
+    G rollouts per group, M demonstrations (sdsd_marginal, sdsd_cmi, sdsd_anticopy; sdsd uses 1),
+    coef (sdsd_cmi, sdsd_anticopy), scale_std and eps (grpo); the divergence is reverse KL over
+    the full vocabulary; the copy teacher has strength kappa and weights `teacher`.
+
+    Demonstration law per rollout y: with c = pi(C), u = pi(. | C) and k ~ Binomial(G - 1, c)
+    correct other rollouts, each demonstration is a correct other (so ~ u) when k >= 1; y itself
+    when k = 0 and y is correct; none (masked) otherwise. M demonstrations share the pool of k.
+
+    sdsd_cmi (mitigate/objectives/sdsd_cmi.py), with s(z, d) = log p_T(z | d) - log pi(z),
+    S(y) = E_{d~u} s(y, d), S_bar = E_{y~u} S(y), S_self = E_{y~u} s(y, y), a = P(k >= 1):
+
+        R(y) = sum_{k>=1} P(k) [S(y) - (S_self if k = 1 else S_bar)]                  y incorrect
+        R(y) = (1 - coef) [a S(y) - S_bar sum_{k>=2} P(k) (1 - k**(-k M))]           y correct
+
+    (a correct rollout's baseline, the other correct rollouts' pcmi against demonstrations other
+    than itself, exists unless all k M of their draws picked it). At coef = 1, R = 0 on C.
+    sdsd_anticopy: the sdsd field plus the reward -coef [a S(y) - ...] on correct outputs (the
+    bracket above). M enters these two only through that constant (both are linear in the
+    demonstrations); it enters sdsd_marginal, whose teacher is the prefix-weighted M-mixture.
+    """
+    if objective not in TABULAR_OBJECTIVES:
+        raise ValueError(f"unknown objective '{objective}'; allowed: {', '.join(TABULAR_OBJECTIVES)}")
+    if teacher not in ("live", "base"):
+        raise ValueError(f"teacher must be 'live' or 'base' (an ema teacher's fixed point is live's), got {teacher!r}")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if not (isinstance(M, (int, np.integer)) and M >= 1):
+        raise ValueError(f"M must be an integer >= 1, got {M!r}")
+    if G < 2:
+        raise ValueError(f"group size G must be >= 2, got {G}")
+    lq = space.conditionals(logits)
+    lp0 = space.conditionals(base_logits)
+    q = np.exp(lq)
+    log_pi = space.seq_logprobs(lq)
+    pi = np.exp(log_pi)
+    visit = space.visits(pi)
+    C = space.correct
+    c = float(pi[C].sum())
+    u = np.where(C, pi, 0.0) / c
+    pk = binom.pmf(np.arange(G), G - 1, c)                                    # P(k correct others)
+    X = np.zeros((space.n_prefix, space.K))
+
+    def score(R):                                                             # - pi(h) E[R | hv]
+        return -space.per_prefix_sum(pi, R) / q
+
+    # the anchor: exact KL per prefix plus the KL still to come (ops.reverse_kl_anchor)
+    k_h = (q * (lq - lp0)).sum(-1)
+    k_yt = k_h[space.prefix_of]                                               # [n, L]
+    future = k_yt[:, ::-1].cumsum(1)[:, ::-1] - k_yt
+    X += beta * (visit[:, None] * (lq - lp0) - score(future))
+
+    if objective == "grpo":
+        A = grpo_expected_advantage(c, G, scale_std, eps)
+        return X + score(A[C.astype(int)])
+
+    log_t = copy_teacher_logprobs(space, logits if teacher == "live" else base_logits, kappa)  # [d, h, v]
+    a = 1.0 - pk[0]                                                           # P(k >= 1)
+    if objective in ("sdsd", "sdsd_anticopy", "sdsd_marginal"):
+        if objective == "sdsd_marginal" and M > 1:
+            sup = np.flatnonzero(C)
+            tuples = sup[np.array(list(itertools.product(range(len(sup)), repeat=M)))]   # [n_tup, M]
+            law = sum(pk[k] * _pool_tuple_law(u, tuples, k) for k in range(1, G))
+            pl = _prefix_loglik(space, log_t)                                          # [d, h]
+            w = pl[tuples] - logsumexp(pl[tuples], axis=1, keepdims=True)             # [n_tup, M, h]
+            log_mix = logsumexp(w[..., None] + log_t[tuples], axis=1)                 # [n_tup, h, v]
+            same = (tuples == tuples[:, :1]).all(1)
+            own = np.zeros((len(tuples), space.n_prefix))                             # self-demonstration
+            own[same] = pi[tuples[same, 0], None] * space.passes[tuples[same, 0]]
+            W = law[:, None] * visit[None, :] + pk[0] * own                           # [n_tup, h]
+        else:
+            log_mix = log_t
+            W = a * u[:, None] * visit[None, :] + pk[0] * (np.where(C, pi, 0.0)[:, None] * space.passes)
+        X += W.sum(0)[:, None] * lq - np.einsum("dh,dhv->hv", W, log_mix)
+        if objective != "sdsd_anticopy":
+            return X
+
+    # sequence-level pcmi statistics
+    s = space.seq_logprobs(log_t) - log_pi[None, :]                          # s[d, z] = pcmi(z; d)
+    S = u @ s                                                                 # S(y) = E_{d~u} s(y, d)
+    S_bar, S_self = float(u @ S), float(u @ np.diag(s))
+    k = np.arange(2, G)
+    centred = a * S - S_bar * (pk[2:] * (1.0 - k.astype(float) ** (-k * M))).sum()  # E[centred | y], y correct
+    if objective == "sdsd_anticopy":
+        return X + score(np.where(C, -coef * centred, 0.0))
+    wrong = a * S - pk[1] * S_self - (a - pk[1]) * S_bar
+    return X + score(np.where(C, (1.0 - coef) * centred, wrong))
+
+
+def expected_gradient(objective: str, space: TabularSpace, logits, base_logits, **kw) -> np.ndarray:
+    """The exact expected gradient per rollout (objective + anchor) w.r.t. the logits [n_prefix, K]."""
+    X = objective_field(objective, space, logits, base_logits, **kw)
+    q = np.exp(space.conditionals(logits))
+    return q * (X - (q * X).sum(-1, keepdims=True))
+
+
+def tabular_fixed_point(objective: str, space: TabularSpace, base_logits, *, beta: float, continuation: int = 8,
+                        tol: float = 1e-9, **kw) -> np.ndarray:
+    """Logits (log conditionals) of the fixed point of `objective` + anchor: every X_h constant in
+    v. Found by continuation from the base, which is the fixed point of the anchor alone: the
+    objective's part of the field is scaled by lam = 1/continuation, 2/continuation, ..., 1 (the
+    same as solving with anchor beta / lam), each solve (a root finder on the stationarity
+    conditions) starting from the previous one. This follows the branch of fixed points connected
+    to the base, the one training from the base reaches while that branch stays stable (with a
+    live, strongly copying teacher there can be others). Raises if the residual stays above `tol`.
+    Settings as in `objective_field`.
+
+    Predicted structure: grpo and sdsd_cmi at coef = 1 give p0(y) exp(R(y) / beta) / Z with R
+    constant on the correct set (ratios among correct outputs exactly those of p0); sdsd and
+    sdsd_marginal give per-prefix geometric means of (mixtures of) demonstration-conditioned
+    teachers, which tilt toward what likely demonstrations say."""
+    base_logits = space.check_logits(base_logits, "base_logits")
+    if beta <= 0:
+        raise ValueError(f"tabular_fixed_point needs an anchor beta > 0 (the continuation starts at the base), "
+                         f"got {beta}")
+    K = space.K
+
+    def unpack(z):
+        return np.concatenate([z.reshape(space.n_prefix, K - 1), np.zeros((space.n_prefix, 1))], 1)
+
+    def residual(z, lam):
+        if not np.all(np.isfinite(z)):
+            return np.full_like(z, 1e6)
+        logits = unpack(z)
+        X = objective_field(objective, space, logits, base_logits, beta=beta / lam, **kw) * lam
+        visit = space.visits(space.probs(logits))
+        return ((X[:, :-1] - X[:, -1:]) / visit[:, None]).ravel()
+
+    x0 = space.conditionals(base_logits)
+    z = (x0[:, :-1] - x0[:, -1:]).ravel()
+    for lam in np.arange(1, continuation + 1) / continuation:
+        sol = root(residual, z, args=(lam,), method="hybr", options={"xtol": 1e-13})
+        z = sol.x
+    err = float(np.max(np.abs(residual(z, 1.0))))
+    if not err < tol:
+        raise RuntimeError(f"tabular_fixed_point({objective}): no fixed point found on the branch from the base "
+                           f"(max residual {err:.2e}; {sol.message})")
+    return space.conditionals(unpack(z))
+
+
+# ---------------------------------------------------------------------------------------------
 # report: figures + table
 
 EXAMPLE_P0 = np.array([0.30, 0.22, 0.16, 0.10, 0.07, 0.10, 0.05])   # 5 correct, then 2 incorrect
@@ -332,6 +683,52 @@ EXAMPLE_CORRECT = np.array([True] * 5 + [False] * 2)
 EXAMPLE_STRENGTH = 0.5
 EXAMPLE_BETA = 0.1
 EXAMPLE_MS = (1, 2, 4, 8, 16, 32, 64)
+# the tabular example of the objectives as coded: 3 strategies x 3 routes, route 2 is wrong
+TABULAR_CORRECT = [y2 != 2 for y1 in range(3) for y2 in range(3)]
+TABULAR_BASE_PROBS = ((0.5, 0.3, 0.2), (0.6, 0.25, 0.15), (0.3, 0.5, 0.2), (0.45, 0.3, 0.25))  # per prefix
+TABULAR_SETTINGS = {"kappa": 1.0, "G": 8, "M": 2, "teacher": "live"}
+TABULAR_BETAS = (0.5, 0.2)
+TABULAR_ROWS = (("grpo", {}), ("sdsd", {}), ("sdsd_marginal", {}), ("sdsd_cmi", {"coef": 1.0}),
+                ("sdsd_cmi", {"coef": 0.0}), ("sdsd_anticopy", {"coef": 3.0}))
+
+
+def tabular_report() -> tuple[dict, list[str]]:
+    """Fixed points of the objectives as the code implements them on the tabular example
+    (`objective_field`): the top correct output's share among correct outputs (base: 0.368), the
+    max log-ratio error vs the base among correct outputs, and the correct mass. Returns (numbers,
+    Markdown lines)."""
+    space = TabularSpace(3, 2, TABULAR_CORRECT)
+    base = np.log(np.array(TABULAR_BASE_PROBS))
+    p0 = space.probs(base)
+    c = space.correct
+    top = int(np.argmax(np.where(c, p0, -1.0)))
+    rows, md = {}, []
+    for beta in TABULAR_BETAS:
+        for name, extra in TABULAR_ROWS:
+            label = name + "".join(f" {k}={v:g}" for k, v in extra.items())
+            kw = {**TABULAR_SETTINGS, **extra}
+            try:
+                p = space.probs(tabular_fixed_point(name, space, base, beta=beta, **kw))
+            except RuntimeError:
+                rows[f"{label} beta={beta:g}"] = None
+                md.append(f"| {label} | {beta:g} | no fixed point found | | |")
+                continue
+            r = {"top_share": float(p[top] / p[c].sum()), "max_log_ratio_error": max_log_ratio_error(p, p0, c),
+                 "correct_mass": float(p[c].sum())}
+            rows[f"{label} beta={beta:g}"] = r
+            md.append(f"| {label} | {beta:g} | {r['top_share']:.3f} | {r['max_log_ratio_error']:.3f} "
+                      f"| {r['correct_mass']:.3f} |")
+    head = ["## The objectives as the code implements them (tabular example)", "",
+            "Outputs: 2 tokens from 3 (first = strategy, second = route; route 2 is wrong), an "
+            f"autoregressive tabular policy with base conditionals {[list(r) for r in TABULAR_BASE_PROBS]}, "
+            f"a live copy teacher (kappa {TABULAR_SETTINGS['kappa']:g}), groups of {TABULAR_SETTINGS['G']}, "
+            f"M = {TABULAR_SETTINGS['M']}. Fixed points of each objective plus the anchor beta KL(pi || p0) "
+            "(`objective_field`, checked against the shipped objectives in tests/unit/test_theory_code.py). "
+            f"Base: top share {p0[top] / p0[c].sum():.3f}, correct mass {p0[c].sum():.3f}.", "",
+            "| objective | beta | top share among correct | max log-ratio error | correct mass |",
+            "|---|---|---|---|---|"]
+    return {"base_top_share": float(p0[top] / p0[c].sum()), "base_correct_mass": float(p0[c].sum()),
+            "rows": rows}, head + md + [""]
 
 
 def theory_report(out_dir=None, strength: float = EXAMPLE_STRENGTH, n_iter: int = 20) -> dict:
@@ -409,6 +806,8 @@ def theory_report(out_dir=None, strength: float = EXAMPLE_STRENGTH, n_iter: int 
         f"Top share first exceeds 0.9 at iteration {res['iterations_to_top_share_0.9']}.",
         "",
     ]
+    res["objectives"], tab_md = tabular_report()
+    md += tab_md
     res["curves"] = {
         "p0": p0.tolist(), "correct": correct.tolist(), "top": top, "beta": EXAMPLE_BETA, "strength": strength,
         "tilt_by_strength": tilt, "iterated_top_share": traj[:, top].tolist(), "rl_top_share": float(rl[top]),

@@ -238,3 +238,172 @@ def test_theory_report(tmp_path):
     assert res["sdsd_cmi_M16"] < res["sdsd_cmi_M4"] < res["sdsd_cmi_M1"]
     md = (tmp_path / "out" / "theory.md").read_text()
     assert "marginalised teacher" in md and f"{res['sdsd_max_log_ratio_error']:.4f}" in md
+    # the objectives as coded, on the tabular example
+    rows, base_top = res["objectives"]["rows"], res["objectives"]["base_top_share"]
+    assert base_top == pytest.approx(0.3 / 0.815, abs=1e-3)
+    for beta in th.TABULAR_BETAS:
+        assert rows[f"grpo beta={beta:g}"]["max_log_ratio_error"] < 1e-6
+        assert rows[f"sdsd_cmi coef=1 beta={beta:g}"]["max_log_ratio_error"] < 1e-6
+        assert rows[f"sdsd beta={beta:g}"]["top_share"] > base_top + 0.3
+        assert rows[f"sdsd_anticopy coef=3 beta={beta:g}"]["top_share"] < base_top - 0.05
+    assert "as the code implements them" in md and "| sdsd_cmi coef=1 | 0.5 | 0.368 | 0.000 |" in md
+
+
+# ---------------------------------------------------------------------------------------------
+# the objectives as the code implements them (tabular space); against the shipped code:
+# tests/unit/test_theory_code.py
+
+TAB = th.TabularSpace(3, 2, [y2 != 2 for y1 in range(3) for y2 in range(3)])
+TAB_BASE = np.log([[0.5, 0.3, 0.2], [0.6, 0.25, 0.15], [0.3, 0.5, 0.2], [0.45, 0.3, 0.25]])
+
+
+def test_tabular_space_indexing_and_probabilities():
+    s = th.TabularSpace(2, 3, np.ones(8, dtype=bool))
+    assert s.n_prefix == 7 and s.outputs[5].tolist() == [1, 0, 1]
+    assert s.prefix_of[5].tolist() == [0, 2, 5]          # (), (1,), (1, 0)
+    assert s.depth.tolist() == [0, 1, 1, 2, 2, 2, 2]
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((7, 2))
+    pi = s.probs(logits)
+    q = softmax(logits, -1)
+    assert pi[5] == pytest.approx(q[0, 1] * q[2, 0] * q[5, 1], rel=1e-12)
+    assert pi.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(s.visits(pi)[[0, 1, 2, 5]], [1.0, pi[:4].sum(), pi[4:].sum(), pi[4:6].sum()])
+    np.testing.assert_allclose(s.probs(s.logits_from_probs(pi)), pi, atol=1e-14)
+    with pytest.raises(ValueError, match="K >= 2"):
+        th.TabularSpace(1, 2, [True])
+    with pytest.raises(ValueError, match="no output is correct"):
+        th.TabularSpace(2, 1, [False, False])
+    with pytest.raises(ValueError, match="shape"):
+        s.probs(np.zeros((3, 2)))
+
+
+def test_copy_teacher_adds_kappa_on_the_demonstration_token():
+    lt = th.copy_teacher_logprobs(TAB, TAB_BASE, 1.5)             # [d, h, v]
+    d = 5                                                        # demonstration (1, 2)
+    np.testing.assert_allclose(np.exp(lt[d, 0]), softmax(TAB_BASE[0] + 1.5 * np.eye(3)[1]))
+    np.testing.assert_allclose(np.exp(lt[d, 3]), softmax(TAB_BASE[3] + 1.5 * np.eye(3)[2]))  # after y1 = 2
+    np.testing.assert_allclose(th.copy_teacher_logprobs(TAB, TAB_BASE, 0.0)[d], TAB.conditionals(TAB_BASE))
+
+
+@pytest.mark.parametrize("G", [2, 3, 8])
+@pytest.mark.parametrize("scale_std", [True, False])
+def test_grpo_expected_advantage_matches_enumeration(G, scale_std):
+    c = 0.37
+    out = np.zeros(2)
+    for rewards in itertools.product([0, 1], repeat=G):            # every reward vector of a group
+        r = np.array(rewards, float)
+        p = np.prod(np.where(r[1:] == 1, c, 1 - c))
+        std = r.std(ddof=1)
+        a = (r[0] - r.mean()) / (std + 1e-6) if scale_std else r[0] - r.mean()
+        out[int(r[0])] += p * a
+    np.testing.assert_allclose(th.grpo_expected_advantage(c, G, scale_std), out, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,M", [(1, 1), (1, 3), (2, 2), (3, 2), (2, 3)])
+def test_pool_tuple_law_matches_brute_force(k, M):
+    u = np.array([0.5, 0.0, 0.3, 0.2])
+    sup = np.flatnonzero(u)
+    tuples = sup[np.array(list(itertools.product(range(3), repeat=M)))]
+    brute = np.zeros(len(tuples))
+    for pool in itertools.product(sup, repeat=k):                   # k iid pool members
+        for slots in itertools.product(range(k), repeat=M):         # M uniform draws of a slot
+            hit = np.all(tuples == np.array(pool)[list(slots)], axis=1)
+            brute += hit * np.prod(u[list(pool)]) / k**M
+    law = th._pool_tuple_law(u, tuples, k)
+    np.testing.assert_allclose(law, brute, atol=1e-14)
+    assert law.sum() == pytest.approx(1.0)
+
+
+def test_expected_gradient_is_zero_at_the_fixed_point_and_the_field_is_a_gradient():
+    kw = dict(beta=0.5, G=2, kappa=1.0)
+    for name in th.TABULAR_OBJECTIVES:
+        fp = th.tabular_fixed_point(name, TAB, TAB_BASE, **kw)
+        assert np.abs(th.expected_gradient(name, TAB, fp, TAB_BASE, **kw)).max() < 1e-9
+        assert np.abs(th.expected_gradient(name, TAB, TAB_BASE, TAB_BASE, **kw)).max() > 1e-3
+    # grpo + anchor is the gradient of -(E_pi[R] - beta KL) with R held fixed: check by finite differences
+    rng = np.random.default_rng(1)
+    logits = TAB_BASE + 0.3 * rng.standard_normal(TAB_BASE.shape)
+    A = th.grpo_expected_advantage(TAB.probs(logits)[TAB.correct].sum(), 2)
+    R = A[TAB.correct.astype(int)]
+    p0 = TAB.probs(TAB_BASE)
+
+    def f(x):
+        p = TAB.probs(x.reshape(logits.shape))
+        return -(p @ R) + 0.5 * np.sum(p * np.log(p / p0))
+
+    eps, grad = 1e-6, np.zeros(logits.size)
+    for i in range(logits.size):
+        e = np.zeros(logits.size)
+        e[i] = eps
+        grad[i] = (f(logits.ravel() + e) - f(logits.ravel() - e)) / (2 * eps)
+    np.testing.assert_allclose(th.expected_gradient("grpo", TAB, logits, TAB_BASE, **kw).ravel(), grad, atol=1e-8)
+
+
+def test_tabular_fixed_points_grpo_and_corrected_cmi_preserve_ratios_sdsd_tilts():
+    p0 = TAB.probs(TAB_BASE)
+    for teacher in ("live", "base"):
+        kw = dict(beta=0.5, G=4, kappa=1.0, teacher=teacher)
+        grpo = TAB.probs(th.tabular_fixed_point("grpo", TAB, TAB_BASE, **kw))
+        cmi = TAB.probs(th.tabular_fixed_point("sdsd_cmi", TAB, TAB_BASE, coef=1.0, **kw))
+        sdsd = TAB.probs(th.tabular_fixed_point("sdsd", TAB, TAB_BASE, **kw))
+        assert max_log_ratio_error(grpo, p0, TAB.correct) < 1e-9
+        assert max_log_ratio_error(cmi, p0, TAB.correct) < 1e-9
+        assert sdsd[0] / sdsd[TAB.correct].sum() > 1.1 * p0[0] / p0[TAB.correct].sum()
+    # grpo's correct mass solves c = p0(C) e^{A1/beta} / (p0(C) e^{A1/beta} + p0(~C) e^{A0/beta})
+    c = grpo[TAB.correct].sum()
+    a0, a1 = th.grpo_expected_advantage(c, 4)
+    pc = p0[TAB.correct].sum()
+    assert c == pytest.approx(pc * np.exp(a1 / 0.5) / (pc * np.exp(a1 / 0.5) + (1 - pc) * np.exp(a0 / 0.5)), rel=1e-9)
+
+
+def test_tabular_sdsd_closed_form_for_the_live_copy_teacher():
+    """At sdsd's fixed point with the live copy teacher, log q_h = log p0_h - F(h.) +
+    kappa Omega_h P_h / (beta pi(h)) + const (the section comment in mitigate/theory.py)."""
+    beta, kappa, G = 0.5, 1.0, 3
+    lq = th.tabular_fixed_point("sdsd", TAB, TAB_BASE, beta=beta, G=G, kappa=kappa)
+    q, lp0 = np.exp(lq), TAB.conditionals(TAB_BASE)
+    pi = TAB.probs(lq)
+    visit, C = TAB.visits(pi), TAB.correct
+    c = pi[C].sum()
+    u = np.where(C, pi, 0) / c
+    a = 1 - (1 - c) ** (G - 1)
+    W = a * u[:, None] * visit[None] + (1 - c) ** (G - 1) * np.where(C, pi, 0)[:, None] * TAB.passes  # [d, h]
+    demo_tok = TAB.outputs[:, TAB.depth]                                  # [d, h]: d_t
+    P = np.stack([(W * (demo_tok == v)).sum(0) for v in range(3)], 1) / W.sum(0)[:, None]
+    k_h = (q * (lq - lp0)).sum(-1)
+    F = np.zeros((TAB.n_prefix, 3))
+    F[0] = k_h[1:]                                                        # KL after the first token
+    rhs = lp0 - F + kappa * W.sum(0)[:, None] * P / (beta * visit[:, None])
+    np.testing.assert_allclose(lq - lq.mean(1, keepdims=True), rhs - rhs.mean(1, keepdims=True), atol=1e-8)
+
+
+def test_tabular_marginal_with_one_demonstration_is_sdsd_and_bad_input():
+    kw = dict(beta=0.5, G=3, kappa=1.0)
+    x = TAB_BASE + 0.2
+    np.testing.assert_allclose(th.objective_field("sdsd_marginal", TAB, x, TAB_BASE, M=1, **kw),
+                               th.objective_field("sdsd", TAB, x, TAB_BASE, **kw), atol=1e-14)
+    with pytest.raises(ValueError, match="unknown objective 'sdsd_x'; allowed: grpo"):
+        th.objective_field("sdsd_x", TAB, x, TAB_BASE, **kw)
+    with pytest.raises(ValueError, match="teacher must be 'live' or 'base'"):
+        th.objective_field("sdsd", TAB, x, TAB_BASE, beta=0.5, G=3, teacher="ema")
+    with pytest.raises(ValueError, match="G must be >= 2"):
+        th.objective_field("sdsd", TAB, x, TAB_BASE, beta=0.5, G=1)
+    with pytest.raises(ValueError, match="beta > 0"):
+        th.tabular_fixed_point("grpo", TAB, TAB_BASE, beta=0.0, G=2)
+
+
+@pytest.mark.parametrize("teacher", ["live", "base"])
+def test_tabular_sequence_level_sdsd_closed_form(teacher):
+    """sdsd_cmi at coef 0 (sequence-level SDSD): on the correct set, (beta + a) log pi =
+    beta log p0 + a E_{y*~pi(.|C)} log p_T(y | y*) + const (the sdsd_cmi docstring)."""
+    beta, G = 0.5, 3
+    lq = th.tabular_fixed_point("sdsd_cmi", TAB, TAB_BASE, beta=beta, G=G, kappa=1.0, coef=0.0, teacher=teacher)
+    pi, p0, C = TAB.probs(lq), TAB.probs(TAB_BASE), TAB.correct
+    c = pi[C].sum()
+    a = 1 - (1 - c) ** (G - 1)
+    log_t = TAB.seq_logprobs(th.copy_teacher_logprobs(TAB, lq if teacher == "live" else TAB_BASE, 1.0))  # [d, y]
+    u = np.where(C, pi, 0) / c
+    lhs = (beta + a) * np.log(pi[C])
+    rhs = beta * np.log(p0[C]) + a * (u @ log_t)[C]
+    np.testing.assert_allclose(lhs - lhs.mean(), rhs - rhs.mean(), atol=1e-8)
