@@ -153,3 +153,29 @@ def masked_group_mean(values: torch.Tensor, group_index: torch.Tensor, include: 
     total = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, values * w)
     count = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, w)
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))[group_index]
+
+
+def leave_one_out_demo_mean(values: torch.Tensor, demos: torch.Tensor, group_index: torch.Tensor,
+                            include: torch.Tensor) -> torch.Tensor:
+    """A baseline for each row i that does not depend on row i's rollout: the mean of
+    values[j, m] over the other rows j of its group with include = True and the columns m whose
+    demonstration demos[j, m] is not row i. values [B, M] are per-demonstration quantities (each
+    row's pcmi against each of its M demonstrations), demos [B, M] their row indices
+    (`pick_demonstrations`). Leaving out row i's own values is not enough when demonstrations are
+    shared: another row's pcmi against row i as its demonstration depends on row i's rollout.
+    NaN where no value is left."""
+    n = int(group_index.max()) + 1
+    w = include.to(values.dtype)[:, None].expand_as(values)
+    total = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, (values * w).sum(1))
+    count = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, w.sum(1))
+    rows = torch.arange(len(values), device=values.device)[:, None]
+    via = (demos >= 0) & (demos != rows)  # values computed with another row as the demonstration
+    target = torch.where(via, demos, rows).flatten()
+    via_w = (w * via).flatten()
+    via_total = torch.zeros(len(values), dtype=values.dtype, device=values.device).index_add_(
+        0, target, values.flatten() * via_w)
+    via_count = torch.zeros(len(values), dtype=values.dtype, device=values.device).index_add_(0, target, via_w)
+    others_total = total[group_index] - (values * w).sum(1) - via_total
+    others_count = count[group_index] - w.sum(1) - via_count
+    return torch.where(others_count > 0.5, others_total / others_count.clamp(min=1),
+                       torch.full_like(others_total, math.nan))

@@ -1,20 +1,30 @@
 """sdsd_anticopy: token-level SDSD plus an anti-copy novelty reward on correct rollouts.
 
-This is what `sdsd_cmi` used to be (renamed because its fixed point is not the base ratios). The
-token-level distillation to M demonstration-conditioned teachers (averaged over m) keeps SDSD's
-signal and its tilt; a score-function term pays correct rollouts for being unlike what the
-demonstrations predict:
+This is what `sdsd_cmi` was before it was made consistent with its theory, kept under a name that
+says what it does: its fixed point is not the base ratios. The token-level distillation toward
+the M demonstration-conditioned teachers keeps SDSD's signal and its tilt; a score-function term
+pays correct rollouts for being unlike what the demonstrations predict:
 
-    pcmi_hat(y) = (1/M) sum_m sum_t [log p(y_t | x, y*_m, y_<t) - log pi(y_t | x, y_<t)]   (detached)
-    L = agg_t [ (1/M) sum_m D(pi || p(.|x,y*_m))_t
-                + coef * 1[y correct] (pcmi_hat(y) - mean_{y' in C, y' != y} pcmi_hat(y')) log pi(y_t) ]
+    pcmi_im = sum_t [log p(y_t | x, y*_im, y_<t) - log pi(y_t | x, y_<t)]   (detached), pcmi_hat_i = mean_m
+    L   = agg_t [ (1/M) sum_m D(pi || p(. | x, y*_im))_t + coef c_i log pi(y_{i,t} | x, y_{i,<t}) ]
+    c_i = pcmi_hat_i - l_i      for a correct rollout with another correct one in its group, else 0
 
-The centring is leave-one-out (a rollout's own value never enters its baseline). To leading
-order (treating the token-level tilt like the sequence-level one) the fixed point is
-p0(y) exp((1 - coef) E pcmi(y; y*)) / Z among correct outputs: coef = 1 cancels the tilt only
-for a sequence-level distillation (see `sdsd_cmi` for the consistent version), and coef > 1
-reverses it, favouring outputs that demonstrations make *less* likely: a flattening novelty
-reward, not ratio preservation. Training stopped early can still look close to the base.
+l_i is sdsd_cmi's baseline: the other correct rollouts' pcmi against demonstrations other than
+y_i (0 if there is none), so it depends neither on y_i's own value nor on y_i as a demonstration
+and does not change the expected gradient.
+
+Fixed point, with the shared KL anchor beta: the distillation term alone has SDSD's per-prefix
+geometric mean of teachers (a tilt toward what likely demonstrations say); the score term adds,
+on correct outputs, the reward R(y) = -coef a E_{y*}[pcmi(y; y*)] + const (a = probability of
+another correct rollout), which favours outputs that demonstrations make LESS likely. Treating the
+token-level tilt like the sequence-level one, correct outputs end up tilted by roughly
+(1 - coef) E pcmi: coef = 1 does not cancel the token-level tilt exactly, and coef > 1 reverses it.
+That is a flattening novelty reward, not ratio preservation, and it keeps flattening as training
+runs on: runs stopped early can still look close to the base. The exact fixed point is
+`mitigate.theory.objective_field("sdsd_anticopy", ...)`; on the enumerable space of
+tests/unit/test_theory_code.py (live copy teacher, kappa 1, beta 0.5) coef 3 lowers the top correct
+output's share among correct outputs from 0.37 to 0.27, where plain SDSD raises it to 0.77 and
+sdsd_cmi keeps every base ratio.
 """
 
 from __future__ import annotations
@@ -26,7 +36,8 @@ import torch
 from mitigate.core.fields import opt
 from mitigate.objectives.base import Batch, Context, register_objective
 from mitigate.objectives.sdsd import SDSDConfig
-from mitigate.ops import aggregate, gather_tokens, leave_one_out_mean, masked_mean, token_divergence
+from mitigate.objectives.sdsd_cmi import demonstration_baseline, per_demonstration_pcmi
+from mitigate.ops import aggregate, masked_mean, token_divergence
 
 
 @dataclass
@@ -44,15 +55,15 @@ def sdsd_anticopy(batch: Batch, ctx: Context, cfg: SDSDAntiCopyConfig) -> tuple[
     has_demo = (demos[:, 0] >= 0).float()[:, None]
     mask = batch.mask * has_demo
     divergence = torch.stack([token_divergence(batch.logprobs, t, cfg.divergence) for t in teachers]).mean(0)
-    student_tok = batch.token_logprobs()
-    teacher_tok = torch.stack([gather_tokens(t, batch.tokens) for t in teachers]).mean(0)
-    pcmi_hat = ((teacher_tok - student_tok.detach()) * mask).sum(-1)  # [B]
+    pcmi = per_demonstration_pcmi(batch, teachers, mask)  # [B, M]
+    pcmi_hat = pcmi.mean(1)
     correct = batch.correct & (demos[:, 0] >= 0)
-    others = leave_one_out_mean(pcmi_hat, batch.group_index, correct)
-    centred = torch.where(correct & ~torch.isnan(others), pcmi_hat - others, torch.zeros_like(pcmi_hat))
-    per_token = divergence + cfg.coef * centred[:, None] * student_tok
+    level, has_other = demonstration_baseline(pcmi, demos, batch, correct)
+    centred = (pcmi_hat - torch.nan_to_num(level, nan=0.0)) * (correct & has_other)
+    per_token = divergence + cfg.coef * centred[:, None] * batch.token_logprobs()
     loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.logprobs.sum() * 0
     return loss, {f"{cfg.divergence}_teacher": masked_mean(divergence.detach(), mask).item(),
                   "pcmi_hat_correct": pcmi_hat[correct].mean().item() if correct.any() else 0.0,
-                  "pcmi_spread_correct": centred[correct].abs().mean().item() if correct.any() else 0.0,
+                  "pcmi_spread_correct": centred[correct & has_other].abs().mean().item()
+                  if (correct & has_other).any() else 0.0,
                   "masked_prompts": 1.0 - has_demo.mean().item()}

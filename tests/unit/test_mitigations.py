@@ -87,6 +87,9 @@ def test_builtin_mitigations_train_and_log(base, tmp_path, objective, regs):
     ("train.objective={name: sdsd_cmi, M: 0}", "'train.objective.M' must be >= 1"),
     ("train.objective={name: sdsd_cmi, coef: -1}", "'train.objective.coef' must be >= 0"),
     ("train.objective={name: sdsd_cmi, coef: 3}", "'train.objective.coef' must be <= 1"),
+    ("train.objective={name: sdsd_cmi, coef: 3}", "now `sdsd_anticopy`"),
+    ("train.objective={name: sdsd_cmi, divergence: jsd}", "unknown config key 'train.objective.divergence'"),
+    ("train.objective={name: sdsd_anticopy, coef: -1}", "'train.objective.coef' must be >= 0"),
 ])
 def test_bad_mitigation_config_names_the_problem(override, needle):
     with pytest.raises(C.ConfigError) as err:
@@ -186,6 +189,49 @@ def test_cmi_correction_gives_correct_rollouts_no_tilt_signal(batch_parts):
     assert grads[1.0][correct].max() == 0
     assert grads[1.0][~correct & has_demo_groups].min() > 0
     assert grads[0.0][correct].max() > 0
+
+
+@pytest.mark.parametrize("name,coef", [("sdsd_cmi", 0.5), ("sdsd_cmi", 1.0), ("sdsd_anticopy", 3.0)])
+def test_pcmi_advantages_match_a_brute_force_computation(batch_parts, name, coef):
+    """The per-rollout weight of grad log pi in sdsd_cmi / sdsd_anticopy, read off the gradient,
+    equals the documented estimator computed row by row: pcmi against each demonstration, and for
+    a correct rollout a baseline from the OTHER correct rollouts' pcmi against demonstrations
+    other than itself (0 if none; no signal if it is its group's only correct rollout)."""
+    b, ctx = make_batch(batch_parts)
+    fn, cfg = _objective(name, M=2, coef=coef, aggregation="seq_sum")
+    loss, _ = fn(b, ctx, cfg)
+    demos, teachers = ctx.teacher.demonstrations(b, ctx, 2)  # the draws the objective used (cached)
+    grad = torch.autograd.grad(loss, b.logprobs)[0]
+    B, G = len(b.tokens), batch_parts["G"]
+    student = b.token_logprobs().detach()
+    pcmi = [[float(((gather_tokens(t, b.tokens)[i] - student[i]) * b.mask[i]).sum()) for t in teachers]
+            for i in range(B)]
+    expected = []
+    for i in range(B):
+        if demos[i, 0] < 0:
+            expected.append(0.0)
+            continue
+        mates = [j for j in range(B) if j // G == i // G and j != i and b.correct[j]]
+        level = [pcmi[j][m] for j in mates for m in range(2) if demos[j, m] != i]
+        centred = np.mean(pcmi[i]) - (np.mean(level) if level else 0.0)
+        if not b.correct[i]:
+            a = centred if name == "sdsd_cmi" else 0.0
+        elif not mates:
+            a = 0.0
+        else:
+            a = (1 - coef) * centred if name == "sdsd_cmi" else -coef * centred
+        expected.append(a)
+    # d loss / d log pi(y_t) on the sampled token = -A / B (seq_sum); anticopy adds its divergence
+    # term, whose gradient is removed by comparing with plain sdsd's
+    tok_grad = (grad.gather(-1, b.tokens.unsqueeze(-1))[..., 0] * b.mask)
+    if name == "sdsd_anticopy":
+        b2, ctx2 = make_batch(batch_parts)
+        plain = _objective("sdsd_anticopy", M=2, coef=0.0, aggregation="seq_sum")[1]
+        g0 = torch.autograd.grad(fn(b2, ctx2, plain)[0], b2.logprobs)[0]
+        tok_grad = tok_grad - g0.gather(-1, b.tokens.unsqueeze(-1))[..., 0] * b.mask
+    got = -tok_grad.sum(1) / b.mask.sum(1) * B
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(expected).max() > 0.1
 
 
 def test_entropy_bonus_is_minus_mean_entropy_and_its_step_raises_entropy():

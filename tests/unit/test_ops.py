@@ -12,10 +12,15 @@ from mitigate.objectives.sdsd_marginal import marginal_teacher_logprobs
 from mitigate.ops import (
     aggregate,
     centre_among_correct,
+    gather_tokens,
     group_advantages,
     k3_kl,
+    leave_one_out_demo_mean,
+    leave_one_out_mean,
+    masked_group_mean,
     masked_mean,
     pick_demonstrations,
+    reverse_kl_anchor,
     sampled_token_reverse_kl,
     token_divergence,
 )
@@ -249,3 +254,75 @@ def test_centre_among_correct():
     for g in range(3):
         sel = (groups == g) & correct
         assert abs(float(out[sel].sum())) < 1e-5
+
+
+# ----------------------------------------------------------------------------- leave-one-out baselines
+
+GROUPS = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+INCLUDE = torch.tensor([True, True, False, True, True, False, False])
+
+
+def test_leave_one_out_mean_and_group_mean():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    loo = leave_one_out_mean(values, GROUPS, INCLUDE)
+    np.testing.assert_allclose(loo[:4].numpy(), [(2 + 4) / 2, (1 + 4) / 2, (1 + 2 + 4) / 3, (1 + 2) / 2])
+    assert math.isnan(loo[4]) and loo[5] == 5 and loo[6] == 5  # the group's only included row has no other
+    mean = masked_group_mean(values, GROUPS, INCLUDE)
+    np.testing.assert_allclose(mean.numpy(), [7 / 3] * 4 + [5.0] * 3)
+    assert math.isnan(masked_group_mean(values, GROUPS, torch.zeros(7, dtype=torch.bool))[0])
+
+
+def test_leave_one_out_demo_mean_hand_computed():
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0], [9.0, 10.0], [11.0, 12.0], [13.0, 14.0]])
+    demos = torch.tensor([[1, 3], [0, 0], [3, 1], [1, 1], [4, 4], [4, 4], [4, 4]])
+    out = leave_one_out_demo_mean(values, demos, GROUPS, INCLUDE)
+    # row 0: rows 1 and 3; row 1's draws are both row 0 -> left out; row 3's draws (row 1) kept
+    assert out[0] == pytest.approx((7 + 8) / 2)
+    assert out[1] == pytest.approx(2.0)                    # row 0's draw of row 1 and both of row 3's left out
+    assert out[2] == pytest.approx((1 + 2 + 3 + 4 + 7 + 8) / 6)  # an excluded row: nothing of it is used
+    assert out[3] == pytest.approx((1 + 3 + 4) / 3)        # row 0's draw of row 3 left out
+    assert math.isnan(out[4])                              # the only included row (its own demonstration)
+    assert out[5] == pytest.approx(9.5) and out[6] == pytest.approx(9.5)
+
+
+def test_leave_one_out_demo_mean_does_not_depend_on_the_row():
+    """Row i's baseline is unchanged by anything computed from row i: its own values and the other
+    rows' values against row i as their demonstration; it moves with everything else."""
+    g = torch.Generator().manual_seed(0)
+    groups = torch.arange(3).repeat_interleave(5)
+    include = torch.rand(15, generator=g) < 0.7
+    demos = pick_demonstrations(groups, include, 3, g)
+    values = torch.randn(15, 3, generator=g, dtype=torch.float64)
+    base = leave_one_out_demo_mean(values, demos, groups, include)
+    for i in range(15):
+        touched = values.clone()
+        touched[i] += 10.0
+        touched[demos == i] += 10.0
+        after = leave_one_out_demo_mean(touched, demos, groups, include)
+        assert torch.equal(after[i].isnan(), base[i].isnan())
+        if not base[i].isnan():
+            assert after[i] == pytest.approx(float(base[i]), abs=1e-12)
+            others = values.clone()
+            others[(groups == groups[i]) & include & (torch.arange(15) != i)] += 1.0
+            moved = leave_one_out_demo_mean(others, demos, groups, include)[i]
+            assert moved == pytest.approx(float(base[i]) + 1.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- the KL anchor
+
+def test_reverse_kl_anchor_hand_computed():
+    """k_t = KL(pi || ref) at each position; the surrogate adds log pi(y_t) times the KL of the
+    positions after t (masked positions contribute nothing). Exactness of its gradient:
+    tests/unit/test_theory_code.py."""
+    lp = rand_logprobs(2, 3, 4, seed=21)
+    ref = rand_logprobs(2, 3, 4, seed=22)
+    tokens = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    sur, k = reverse_kl_anchor(lp, ref, tokens, mask)
+    p = lp.exp()
+    kl = (p * (lp - ref)).sum(-1) * mask
+    np.testing.assert_allclose(k.numpy(), kl.numpy(), atol=1e-12)
+    tok = gather_tokens(lp, tokens)
+    future = torch.stack([kl[:, t + 1:].sum(1) for t in range(3)], 1)
+    np.testing.assert_allclose(sur.numpy(), (kl + tok * future * mask).numpy(), atol=1e-12)
+    assert future[1, 1] == 0  # the masked last position adds no KL to come
