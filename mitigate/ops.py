@@ -38,10 +38,14 @@ def group_advantages(rewards: torch.Tensor, group_index: torch.Tensor, scale_std
 
     Returns (advantages [B], zero_std [P] bool: groups whose rewards are all equal)."""
     n = int(group_index.max()) + 1
-    count = torch.zeros(n).index_add_(0, group_index, torch.ones_like(rewards))
-    mean = torch.zeros(n).index_add_(0, group_index, rewards) / count
+
+    def zeros():  # on the rewards' device and dtype (GPU, float64)
+        return torch.zeros(n, dtype=rewards.dtype, device=rewards.device)
+
+    count = zeros().index_add_(0, group_index, torch.ones_like(rewards))
+    mean = zeros().index_add_(0, group_index, rewards) / count
     centred = rewards - mean[group_index]
-    var = torch.zeros(n).index_add_(0, group_index, centred**2) / (count - 1).clamp(min=1)
+    var = zeros().index_add_(0, group_index, centred**2) / (count - 1).clamp(min=1)
     std = var.sqrt()
     adv = centred / (std[group_index] + eps) if scale_std else centred
     return adv, std < 1e-8
