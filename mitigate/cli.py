@@ -51,6 +51,14 @@ def _resumable(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the unfinished run in OUT.partial from its last checkpoint (same command and "
                         "config; a finished OUT is left as it is)")
+    _report_to(p)
+
+
+def _report_to(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", default="none", metavar="TRACKER",
+                   help="also send per-step metrics to these accelerate trackers (tensorboard, wandb, mlflow, ...; "
+                        "comma-separated, 'all': every installed one; default none). metrics.jsonl stays the "
+                        "record; local trackers write under RUN/trackers/")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -93,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
                    help="run only this cell (SETTING-seedS, or base); repeatable")
     p.add_argument("--print-commands", action="store_true",
                    help="print one shell command per cell (for a cluster scheduler) and exit")
+    _report_to(p)
 
     p = sub.add_parser("table", help="one report over several reproduce/ablation folders")
     p.add_argument("summaries", nargs="+", help="reproduce output folders or their summary.json")
@@ -149,6 +158,10 @@ def _early_checks(args) -> None:
         raise ConfigError(f"--seed must be an integer in [0, 2**32), got {seed}")
     if getattr(args, "samples", None) is not None and args.samples < 1:
         raise ConfigError(f"--samples must be >= 1 (samples per prompt), got {args.samples}")
+    if getattr(args, "report_to", "none") != "none":
+        from mitigate.core.tracking import parse_report_to
+
+        parse_report_to(args.report_to)
     if args.command == "eval":
         check_output_file(args.out, args.overwrite)
     elif args.command in ("pretrain", "train", "reproduce"):
@@ -169,7 +182,8 @@ def _dispatch(args) -> int:
     import mitigate
 
     if args.command == "pretrain":
-        out = mitigate.pretrain(_load(args), args.out, args.overwrite, args.quiet, resume=args.resume)
+        out = mitigate.pretrain(_load(args), args.out, args.overwrite, args.quiet, resume=args.resume,
+                                report_to=args.report_to)
         print(f"base model written to {out / 'checkpoint'}")
     elif args.command == "train":
         out = mitigate.train(_load(args), args.init, args.out, args.overwrite, args.quiet, resume=args.resume)

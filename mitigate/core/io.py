@@ -387,10 +387,12 @@ def finite_json(obj):
 
 
 class MetricsLog:
-    """Append-only JSONL of per-step scalars; every line is strict JSON (see `finite_json`)."""
+    """Append-only JSONL of per-step scalars; every line is strict JSON (see `finite_json`).
+    `mirror`: also called with every row (experiment trackers, `mitigate.core.tracking`)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, mirror=None):
         self.path = Path(path)
+        self.mirror = mirror
 
     def log(self, row: dict) -> None:
         try:
@@ -402,6 +404,8 @@ class MetricsLog:
             f.write(line + "\n")
         if new:
             _follow_umask(self.path, directory=False)
+        if self.mirror is not None:
+            self.mirror(row)
 
     def size(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0

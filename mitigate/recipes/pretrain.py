@@ -24,16 +24,18 @@ from mitigate.core import resume as checkpointing
 from mitigate.core.guard import NonFiniteError, check_weights, nonfinite, nonfinite_message
 from mitigate.core.io import MetricsLog, plan_run, resumable_run, versions, write_meta
 from mitigate.core.seeding import device_for, seed_everything, torch_stream
+from mitigate.core.tracking import Trackers, parse_report_to
 from mitigate.policies import build_policy
 from mitigate.recipes.common import checkpoint_record, finished_run, note_resume, run_record
 from mitigate.tasks import make_task
 
 
 def pretrain(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bool = False,
-             resume: bool = False) -> Path:
+             resume: bool = False, report_to: str = "none") -> Path:
     """Pretrain a fresh policy into the run folder `out`. `resume`: continue the unfinished run in
     `OUT.partial` from its last checkpoint (`pretrain.save_every`); a finished `out` with this config
-    is returned as it is. A non-finite loss or gradient stops the run (`pretrain.on_nonfinite`)."""
+    is returned as it is. A non-finite loss or gradient stops the run (`pretrain.on_nonfinite`).
+    `report_to`: experiment trackers the metrics rows also go to (`mitigate.core.tracking`)."""
     # ---- setup: task data, a fresh policy, optimizer
     device = device_for(cfg.device)
     plan = plan_run(out, overwrite, resume=resume)
@@ -51,9 +53,10 @@ def pretrain(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: boo
     gen = torch_stream(cfg.seed, "pretrain")
     streams, modules = {"pretrain": gen}, {"model": policy.model}
     identity = {"kind": "pretrain", "config": C.to_dict(cfg), "versions": versions()}
-    with resumable_run(plan) as tmp:
+    parse_report_to(report_to)  # an unknown or uninstalled tracker is refused before any work
+    with resumable_run(plan) as tmp, Trackers(report_to, tmp, "pretrain", C.to_dict(cfg)) as trackers:
         ckpts = checkpointing.Checkpoints(tmp)
-        log = MetricsLog(tmp / "metrics.jsonl")
+        log = MetricsLog(tmp / "metrics.jsonl", mirror=trackers.log)
         latest = ckpts.latest() if resume else None
         start, elapsed = 0, 0.0
         if latest is not None:  # ---- resume: check the run is this one, then restore every piece of state
