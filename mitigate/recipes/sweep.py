@@ -38,6 +38,7 @@ from mitigate import config as C
 from mitigate import plugins
 from mitigate.budget import Budget
 from mitigate.core.io import MARKER, OutputError, check_not_input, check_output, write_json, write_text
+from mitigate.core.resume import fault_point
 from mitigate.core.seeding import device_for
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import summarize
@@ -207,6 +208,7 @@ def _job(cfg_dict: dict, base_ckpt: str, folder: str, method: str, eval_dict: di
     folder = Path(folder)
     exists = folder.exists() or folder.with_name(folder.name + ".partial").exists()
     run = train(cfg, base_ckpt, folder, overwrite=exists, quiet=True, method=method)
+    fault_point("sweep", folder.name)  # test hook: killed between a cell's training and its evaluation
     eval_cfg = C.build(C.EvalConfig, eval_dict)
     policy, _ = load_policy(run, device_for(cfg.device))
     evaluate_and_record(policy, make_task(cfg.task), eval_cfg, seed, run, quiet=True)

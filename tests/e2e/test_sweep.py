@@ -6,8 +6,12 @@ per cell, and bad input exits 2 with nothing written."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -88,6 +92,35 @@ def test_killed_sweep_finishes_only_the_missing_cell(swept, grid, smoke_base, tm
     assert res["trained"] == [CELLS[1]] and res["skipped"] == [CELLS[0]]
     assert without_wall_clock(json.loads((out / "summary.json").read_text())) == \
         without_wall_clock(json.loads((swept / "summary.json").read_text()))
+
+
+def table_bodies(folder, out):
+    """The LaTeX and Markdown tables `python -m analysis tables` writes for a sweep folder, without
+    their header comments (command, folder, hash) and without the budget table (wall seconds)."""
+    from analysis.__main__ import main as analysis_main
+
+    assert analysis_main(["tables", str(folder), "--out", str(out)]) == 0
+    return {p.name: [ln for ln in p.read_text().splitlines() if not ln.startswith(("%", "<!--"))]
+            for p in sorted(out.iterdir()) if "-budget" not in p.name}
+
+
+def test_sweep_killed_by_sigkill_resumes_to_the_same_tables(swept, grid, smoke_base, tmp_path):
+    """A real kill: the sweep process SIGKILLs itself after training the second cell, before
+    evaluating it (MITIGATE_FAULT=sweep:CELL). The re-run trains that cell alone, and the summary and
+    every table equal the uninterrupted sweep's."""
+    out = tmp_path / "killed" / "out"
+    env = {**os.environ, "MITIGATE_FAULT": f"sweep:{CELLS[1]}"}
+    proc = subprocess.run([sys.executable, "-m", "mitigate.cli", "sweep", str(grid), "--base", str(smoke_base),
+                           "--out", str(out), "--jobs", "1", "--quiet"], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (out / CELLS[0] / "eval.json").is_file() and not (out / CELLS[1] / "eval.json").exists()
+    assert not (out / "summary.json").exists()
+    res = S.sweep(S.C.load(grid), out, base=smoke_base, jobs=1, quiet=True, config_path=str(grid))
+    assert res["trained"] == [CELLS[1]] and res["skipped"] == [CELLS[0]]
+    assert without_wall_clock(json.loads((out / "summary.json").read_text())) == \
+        without_wall_clock(json.loads((swept / "summary.json").read_text()))
+    resumed, uninterrupted = table_bodies(out, tmp_path / "t1"), table_bodies(swept, tmp_path / "t2")
+    assert len(resumed) >= 6 and resumed == uninterrupted
 
 
 def test_print_commands_one_per_cell(swept, grid, smoke_base, tmp_path, capsys):
