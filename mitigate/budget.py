@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from mitigate.policies.base import policy_divergence, policy_token_logprobs, scores_of
+
 
 @dataclass
 class Budget:
@@ -51,12 +53,26 @@ class Metered:
         self._budget.forward_tokens += _n_tokens(contexts, out.mask)
         return out
 
-    def logprobs(self, contexts, tokens, mask):
+    def _count_scoring(self, contexts, mask) -> None:
         n = _n_tokens(contexts, mask)
         self._budget.forward_tokens += n
         if torch.is_grad_enabled():
             self._budget.backward_tokens += n
+
+    def logprobs(self, contexts, tokens, mask):
+        self._count_scoring(contexts, mask)
         return self._policy.logprobs(contexts, tokens, mask)
+
+    def scores(self, contexts, tokens, mask):
+        self._count_scoring(contexts, mask)
+        return scores_of(self._policy, contexts, tokens, mask)
+
+    # the one-call forms go through `scores`, so that their forwards are counted here
+    def token_logprobs(self, contexts, tokens, mask):
+        return policy_token_logprobs(self, contexts, tokens, mask)
+
+    def divergence(self, other, contexts, other_contexts, tokens, mask, kind="reverse_kl"):
+        return policy_divergence(self, other, contexts, other_contexts, tokens, mask, kind)
 
     def frozen_copy(self):
         return Metered(self._policy.frozen_copy(), self._budget, self._samples_as)

@@ -64,7 +64,7 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def reverse_kl_anchor(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, tokens: torch.Tensor,
+def reverse_kl_anchor(kl: torch.Tensor, token_logprobs: torch.Tensor,
                       mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Surrogate [B, T] whose gradient, summed over a rollout y ~ pi, is unbiased for the gradient
     of the sequence-level reverse KL(pi || ref) to the frozen reference.
@@ -75,11 +75,13 @@ def reverse_kl_anchor(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, tokens
     The first term is exact over the vocabulary at every visited prefix; the second (the KL still
     to come after choosing y_t) is a score-function term, needed because the prefixes themselves
     are drawn from pi. Dropping it (a per-token KL loss alone) changes the fixed point away from
-    the RL optimum p0(y) exp(r(y) / beta) / Z. Returns (surrogate [B, T], k_t [B, T] detached).
+    the RL optimum p0(y) exp(r(y) / beta) / Z. Inputs: `kl` = k_t [B, T] with grad (the policy's
+    full-vocabulary reverse KL to the reference, `Scores.divergence`), `token_logprobs` =
+    log pi(y_t | y_<t) [B, T] with grad. Returns (surrogate [B, T], k_t [B, T] masked, detached).
     """
-    k = token_divergence(logprobs, ref_logprobs, "reverse_kl") * mask
+    k = kl * mask
     future = (k.detach().flip(-1).cumsum(-1).flip(-1) - k.detach())  # sum over t' > t
-    return k + gather_tokens(logprobs, tokens) * future * mask, k.detach()
+    return k + token_logprobs * future * mask, k.detach()
 
 
 def token_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
@@ -97,6 +99,25 @@ def token_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str) ->
         m = torch.logsumexp(torch.stack([student, teacher]), 0) - math.log(2.0)
         return 0.5 * ((student.exp() * (student - m)).sum(-1) + (teacher.exp() * (teacher - m)).sum(-1))
     raise ValueError(f"unknown divergence '{kind}'; allowed: {', '.join(DIVERGENCES)}")
+
+
+def token_entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at every position: [B, T, V] log-probs -> [B, T]."""
+    return -(logprobs.exp() * logprobs).sum(-1)
+
+
+def mixture_log_weights(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-weights [M, B, T] of M sequence-level distributions' token-level mixture: at position t,
+    component m weighs by how well it explains the prefix, w_m(t) ∝ p_m(y_<t) = prod_{t' < t} p_m(y_t').
+    token_logprobs [M, B, T]: log p_m(y_t | y_<t) of each component (positions with mask 0 count as 1)."""
+    tok = token_logprobs * mask
+    prefix = tok.cumsum(-1) - tok  # log p_m(y_<t): exclusive prefix sum
+    return prefix - torch.logsumexp(prefix, 0, keepdim=True)
+
+
+def log_mixture(log_weights: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """log sum_m w_m p_m(v): log-weights [M, B, T] and [M, B, T, V] log-probs -> [B, T, V]."""
+    return torch.logsumexp(log_weights.unsqueeze(-1) + logprobs, 0)
 
 
 def sampled_token_reverse_kl(token_logp: torch.Tensor, teacher_token_logp: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,14 @@ An objective is a function `(batch, ctx, cfg) -> (loss, scalars)` registered wit
     @register_objective("grpo", GRPOConfig)
     def grpo(batch: Batch, ctx: Context, cfg: GRPOConfig) -> tuple[Tensor, dict[str, float]]: ...
 
-`batch` holds this step's rollout tensors (read-only); `ctx` names everything else explicitly: the
-task, the policy being trained, the frozen reference, the teacher, the random stream for
-objective-side draws. A term that keeps state across steps (a reference set) is registered as a
-class instead: it is instantiated once per run and called with the same arguments.
+`batch` holds this step's rollout tensors (read-only) and the student's and reference's `Scores`
+of them (`mitigate.policies.base`): per-token log-probs, divergences and entropies come as [B, T]
+(`batch.token_logprobs()`, `batch.divergence(target, kind)`, `batch.token_entropy()`), never as
+the [B, T, V] log-probs, which a real vocabulary makes too large to hold. `ctx` names everything
+else explicitly: the task, the policy being trained, the frozen reference, the teacher (whose
+`demonstrations` are `Scores` too), the random stream for objective-side draws. A term that keeps
+state across steps (a reference set) is registered as a class instead: it is instantiated once
+per run and called with the same arguments.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from mitigate.core.registry import Registry
+from mitigate.policies.base import Scores
 from mitigate.rollout import generate
 
 OBJECTIVES = Registry("objective")
@@ -37,9 +42,9 @@ class Batch:
     rewards: torch.Tensor  # [B] verifier reward in {0, 1}
     correct: torch.Tensor  # [B] bool
     labels: torch.Tensor  # [B] semantic label (graph: concept) of correct rollouts, -1 otherwise
-    logprobs: torch.Tensor  # [B, T, V] student log-probs, with grad
+    scores: Scores  # the student's scores of the rollouts (one forward, with grad)
     old_token_logprobs: torch.Tensor  # [B, T] log-prob of each sampled token when it was sampled
-    ref_logprobs: torch.Tensor  # [B, T, V] frozen reference (base model) log-probs, no grad
+    reference: Scores  # the frozen reference's (base model's) scores of the rollouts: a stop-gradient target
 
     @property
     def group_size(self) -> int:
@@ -47,7 +52,34 @@ class Batch:
 
     def token_logprobs(self) -> torch.Tensor:
         """[B, T] student log-prob of each sampled token, with grad."""
-        return self.logprobs.gather(-1, self.tokens.unsqueeze(-1)).squeeze(-1)
+        return self.scores.token_logprobs()
+
+    def divergence(self, target: Scores, kind: str = "reverse_kl") -> torch.Tensor:
+        """[B, T] full-vocabulary divergence `kind` from the student (with grad) to `target` (a
+        teacher's scores, `batch.reference`, a mixture; no gradient), `mitigate.ops.token_divergence`'s
+        conventions: reverse_kl = KL(student || target)."""
+        return self.scores.divergence(target, kind)
+
+    def token_entropy(self) -> torch.Tensor:
+        """[B, T] entropy of the student's next-token distribution at each position, with grad."""
+        return self.scores.entropy()
+
+    def zero_loss(self) -> torch.Tensor:
+        """A zero loss attached to the student's graph (a term with nothing to say this step)."""
+        return self.token_logprobs().sum() * 0
+
+    @property
+    def logprobs(self) -> torch.Tensor:
+        """[B, T, V] student log-probs, with grad. MATERIALISES the full tensor (rollouts x positions
+        x vocabulary: gigabytes for a real model); kept for code written before `Scores`. Use
+        `token_logprobs()`, `divergence(...)` or `token_entropy()` instead."""
+        return self.scores.materialise()
+
+    @property
+    def ref_logprobs(self) -> torch.Tensor:
+        """[B, T, V] reference log-probs, no grad. MATERIALISES the full tensor (see `logprobs`); use
+        `divergence(batch.reference, ...)` or `batch.reference.token_logprobs()` instead."""
+        return self.reference.materialise().detach()
 
 
 @dataclass
@@ -55,7 +87,7 @@ class Context:
     """Everything an objective or regularizer may call besides the batch."""
 
     task: object  # the Task
-    policy: object  # the Policy being trained; `policy.logprobs` under grad scores off-policy paths
+    policy: object  # the Policy being trained; `policy.token_logprobs` under grad scores off-policy paths
     reference: object  # frozen copy of the initial policy (the KL anchor's reference)
     teacher: object  # mitigate.objectives.teacher.Teacher
     generator: torch.Generator  # the "objective" random stream: demonstrations, replay paths

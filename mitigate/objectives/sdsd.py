@@ -20,15 +20,7 @@ import torch
 from mitigate.core.fields import Section, opt
 from mitigate.objectives.base import Batch, Context, register_objective
 from mitigate.objectives.teacher import TEACHERS
-from mitigate.ops import (
-    AGGREGATIONS,
-    DIVERGENCES,
-    aggregate,
-    gather_tokens,
-    masked_mean,
-    sampled_token_reverse_kl,
-    token_divergence,
-)
+from mitigate.ops import AGGREGATIONS, DIVERGENCES, aggregate, masked_mean, sampled_token_reverse_kl
 
 ESTIMATORS = ("full_vocab", "sampled_token")
 
@@ -52,12 +44,14 @@ def sdsd(batch: Batch, ctx: Context, cfg: SDSDConfig) -> tuple[torch.Tensor, dic
     has_demo = (demo >= 0).float()[:, None]
     mask = batch.mask * has_demo
     if cfg.estimator == "full_vocab":
-        per_token = token_divergence(batch.logprobs, teacher, cfg.divergence)
+        per_token = batch.divergence(teacher, cfg.divergence)
+        div = per_token.detach()
     else:
         if cfg.divergence != "reverse_kl":
             raise ValueError("estimator 'sampled_token' supports divergence 'reverse_kl' only")
-        per_token = sampled_token_reverse_kl(batch.token_logprobs(), gather_tokens(teacher, batch.tokens))
-    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.logprobs.sum() * 0
-    div = token_divergence(batch.logprobs.detach(), teacher, cfg.divergence)
+        per_token = sampled_token_reverse_kl(batch.token_logprobs(), teacher.token_logprobs())
+        with torch.no_grad():  # logged: the full-vocabulary divergence the estimator targets
+            div = batch.divergence(teacher, cfg.divergence)
+    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.zero_loss()
     return loss, {f"{cfg.divergence}_teacher": masked_mean(div, mask).item(),
                   "masked_prompts": 1.0 - has_demo.mean().item()}

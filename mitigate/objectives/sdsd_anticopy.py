@@ -37,7 +37,7 @@ from mitigate.core.fields import opt
 from mitigate.objectives.base import Batch, Context, register_objective
 from mitigate.objectives.sdsd import SDSDConfig
 from mitigate.objectives.sdsd_cmi import demonstration_baseline, per_demonstration_pcmi
-from mitigate.ops import aggregate, masked_mean, token_divergence
+from mitigate.ops import aggregate, masked_mean
 
 
 @dataclass
@@ -54,14 +54,14 @@ def sdsd_anticopy(batch: Batch, ctx: Context, cfg: SDSDAntiCopyConfig) -> tuple[
     demos, teachers = ctx.teacher.demonstrations(batch, ctx, cfg.M)
     has_demo = (demos[:, 0] >= 0).float()[:, None]
     mask = batch.mask * has_demo
-    divergence = torch.stack([token_divergence(batch.logprobs, t, cfg.divergence) for t in teachers]).mean(0)
+    divergence = torch.stack([batch.divergence(t, cfg.divergence) for t in teachers]).mean(0)
     pcmi = per_demonstration_pcmi(batch, teachers, mask)  # [B, M]
     pcmi_hat = pcmi.mean(1)
     correct = batch.correct & (demos[:, 0] >= 0)
     level, has_other = demonstration_baseline(pcmi, demos, batch, correct)
     centred = (pcmi_hat - torch.nan_to_num(level, nan=0.0)) * (correct & has_other)
     per_token = divergence + cfg.coef * centred[:, None] * batch.token_logprobs()
-    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.logprobs.sum() * 0
+    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.zero_loss()
     return loss, {f"{cfg.divergence}_teacher": masked_mean(divergence.detach(), mask).item(),
                   "pcmi_hat_correct": pcmi_hat[correct].mean().item() if correct.any() else 0.0,
                   "pcmi_spread_correct": centred[correct & has_other].abs().mean().item()

@@ -55,7 +55,8 @@ import torch
 from mitigate.core.fields import Section, opt
 from mitigate.objectives.base import Batch, Context, register_objective
 from mitigate.objectives.teacher import TEACHERS
-from mitigate.ops import AGGREGATIONS, aggregate, gather_tokens, leave_one_out_demo_mean, masked_mean
+from mitigate.ops import AGGREGATIONS, aggregate, leave_one_out_demo_mean, masked_mean
+from mitigate.policies.base import Scores
 
 
 @dataclass
@@ -76,10 +77,10 @@ class SDSDCMIConfig(Section):
                              "former sdsd_cmi: that objective is now `sdsd_anticopy`, with its own coef)")
 
 
-def per_demonstration_pcmi(batch: Batch, teachers: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def per_demonstration_pcmi(batch: Batch, teachers: list[Scores], mask: torch.Tensor) -> torch.Tensor:
     """[B, M] sequence-level pcmi of each rollout against each of its M demonstrations (detached)."""
     student = batch.token_logprobs().detach()
-    return torch.stack([((gather_tokens(t, batch.tokens) - student) * mask).sum(-1) for t in teachers], 1)
+    return torch.stack([((t.token_logprobs() - student) * mask).sum(-1) for t in teachers], 1)
 
 
 def demonstration_baseline(pcmi: torch.Tensor, demos: torch.Tensor, batch: Batch,
@@ -106,7 +107,7 @@ def sdsd_cmi(batch: Batch, ctx: Context, cfg: SDSDCMIConfig) -> tuple[torch.Tens
     advantage = torch.where(correct, (1 - cfg.coef) * centred * has_other, centred)
     advantage = torch.where(has_demo, advantage, torch.zeros_like(advantage))
     per_token = -advantage[:, None] * batch.token_logprobs()
-    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.logprobs.sum() * 0
+    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.zero_loss()
     spread = centred[correct & has_other]
     return loss, {"pcmi_hat_correct": pcmi_hat[correct].mean().item() if correct.any() else 0.0,
                   "pcmi_spread_correct": spread.abs().mean().item() if len(spread) else 0.0,

@@ -24,7 +24,8 @@ import torch
 from mitigate.core.fields import opt
 from mitigate.objectives.base import Batch, Context, register_objective
 from mitigate.objectives.sdsd import SDSDConfig
-from mitigate.ops import aggregate, masked_mean, token_divergence
+from mitigate.ops import aggregate, gather_tokens, log_mixture, masked_mean, mixture_log_weights
+from mitigate.policies.base import mixture
 
 
 @dataclass
@@ -36,12 +37,10 @@ class SDSDMarginalConfig(SDSDConfig):
 def marginal_teacher_logprobs(teacher_logprobs: torch.Tensor, tokens: torch.Tensor,
                               mask: torch.Tensor) -> torch.Tensor:
     """[M, B, T, V] per-demonstration teacher log-probs -> [B, T, V] log-probs of the mixture
-    whose weight on demonstration m at position t is softmax_m(log p_m(y_<t))."""
-    tok = teacher_logprobs.gather(-1, tokens.expand(teacher_logprobs.shape[0], -1, -1).unsqueeze(-1))[..., 0]
-    tok = tok * mask  # [M, B, T]
-    prefix = tok.cumsum(-1) - tok  # log p_m(y_<t): exclusive prefix sum
-    log_w = prefix - torch.logsumexp(prefix, 0, keepdim=True)
-    return torch.logsumexp(log_w.unsqueeze(-1) + teacher_logprobs, 0)
+    whose weight on demonstration m at position t is softmax_m(log p_m(y_<t)). The full-tensor
+    form of what the objective computes through `Scores` (`ops.mixture_log_weights`, `ops.log_mixture`)."""
+    tok = gather_tokens(teacher_logprobs, tokens.expand(teacher_logprobs.shape[0], -1, -1))  # [M, B, T]
+    return log_mixture(mixture_log_weights(tok, mask), teacher_logprobs)
 
 
 @register_objective("sdsd_marginal", SDSDMarginalConfig)
@@ -49,10 +48,11 @@ def sdsd_marginal(batch: Batch, ctx: Context, cfg: SDSDMarginalConfig) -> tuple[
     if cfg.estimator != "full_vocab":
         raise ValueError("sdsd_marginal supports estimator 'full_vocab' only")
     demos, per_demo = ctx.teacher.demonstrations(batch, ctx, cfg.M)
-    teacher = marginal_teacher_logprobs(torch.stack(per_demo), batch.tokens, batch.mask)
+    log_w = mixture_log_weights(torch.stack([t.token_logprobs() for t in per_demo]), batch.mask)
+    teacher = mixture(per_demo, log_w)
     has_demo = (demos[:, 0] >= 0).float()[:, None]
     mask = batch.mask * has_demo
-    per_token = token_divergence(batch.logprobs, teacher, cfg.divergence)
-    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.logprobs.sum() * 0
+    per_token = batch.divergence(teacher, cfg.divergence)
+    loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.zero_loss()
     return loss, {f"{cfg.divergence}_teacher": masked_mean(per_token.detach(), mask).item(),
                   "masked_prompts": 1.0 - has_demo.mean().item()}

@@ -9,8 +9,11 @@ The teacher is the policy conditioned on a correct demonstration y* of the same 
 
 `demonstrations(batch, ctx, m)` draws m demonstrations per rollout from the correct rollouts of
 its group (another one when there is one; `ops.pick_demonstrations`) and returns the m teachers'
-log-probs of the rollout. Draws and log-probs are made once per step and reused across inner
-epochs, so every inner epoch distils toward the same targets.
+`Scores` of the rollouts (`mitigate.policies.base`): stop-gradient targets for
+`batch.divergence(teacher, kind)` [B, T], with `teacher.token_logprobs()` [B, T] for sequence-level
+quantities. Nothing [B, T, V] is built for a policy that does not need it (`hf` keeps hidden
+states). Draws and targets are made once per step and reused across inner epochs, so every inner
+epoch distils toward the same targets (a target does not move when the live weights do).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from mitigate.ops import pick_demonstrations
+from mitigate.policies.base import Scores, target_scores
 
 TEACHERS = ("live", "ema", "base")
 
@@ -30,15 +34,15 @@ class Teacher:
         self.weights = {"live": policy, "base": reference, "ema": policy.frozen_copy() if kind == "ema" else None}[kind]
         self._cache: dict = {}
 
+    def scores(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> Scores:
+        """The teacher's `Scores` of `tokens` after `contexts`: no-grad, dropout off."""
+        return target_scores(self.weights, contexts, tokens, mask)
+
     @torch.no_grad()
     def logprobs(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, V] teacher log-probs of `tokens` after `contexts`, dropout off."""
-        model = self.weights.model
-        was = model.training
-        model.eval()
-        out = self.weights.logprobs(contexts, tokens, mask)
-        model.train(was)
-        return out
+        """[B, T, V] teacher log-probs of `tokens` after `contexts`, dropout off. MATERIALISES the full
+        tensor: objectives use `scores`."""
+        return self.scores(contexts, tokens, mask).materialise()
 
     def demonstration_contexts(self, batch, ctx, demo_index: torch.Tensor) -> list[list[int]]:
         """Teacher contexts for one column of demonstration indices (-1: the plain prompt)."""
@@ -48,15 +52,15 @@ class Teacher:
             out.append(ctx.task.teacher_context(prompt, batch.tokens[j]) if j >= 0 else batch.contexts[i])
         return out
 
-    def demonstrations(self, batch, ctx, m: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(demonstration indices [B, m] (-1: group has no correct rollout), m teacher log-probs
-        [B, T, V]), drawn once per step."""
+    def demonstrations(self, batch, ctx, m: int = 1) -> tuple[torch.Tensor, list[Scores]]:
+        """(demonstration indices [B, m] (-1: group has no correct rollout), the m teachers' `Scores`
+        of the rollouts, column k conditioned on demonstrations[:, k]), drawn once per step."""
         key = (ctx.step, m)
         if key not in self._cache:
             self._cache = {}
             demos = pick_demonstrations(batch.group_index, batch.correct, m, ctx.generator)
-            self._cache[key] = (demos, [self.logprobs(self.demonstration_contexts(batch, ctx, demos[:, k]),
-                                                      batch.tokens, batch.mask) for k in range(m)])
+            self._cache[key] = (demos, [self.scores(self.demonstration_contexts(batch, ctx, demos[:, k]),
+                                                    batch.tokens, batch.mask) for k in range(m)])
         return self._cache[key]
 
     @torch.no_grad()

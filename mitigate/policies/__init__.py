@@ -5,14 +5,20 @@ from mitigate.policies import hf, tiny_gpt  # noqa: F401  (register the built-in
 from mitigate.policies.base import (
     POLICIES,
     CheckpointError,
+    FullScores,
     Policy,
     Samples,
+    Scores,
     build_policy,
     checkpoint_meta,
     load_policy,
+    mixture,
     register_policy,
     resolve_checkpoint,
+    scores_of,
+    target_scores,
 )
 
-__all__ = ["POLICIES", "CheckpointError", "Policy", "Samples", "build_policy", "checkpoint_meta", "load_policy",
-           "register_policy", "resolve_checkpoint"]
+__all__ = ["POLICIES", "CheckpointError", "FullScores", "Policy", "Samples", "Scores", "build_policy",
+           "checkpoint_meta", "load_policy", "mixture", "register_policy", "resolve_checkpoint", "scores_of",
+           "target_scores"]

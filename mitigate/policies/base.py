@@ -3,7 +3,17 @@
 A policy samples continuations of token contexts, scores given continuations under any contexts
 (the student prompt, or a teacher context with a demonstration), makes a frozen copy of itself and
 saves/loads checkpoints. Objectives and recipes use only this interface; model internals and
-special tokens stay inside each implementation. Register a new one with
+special tokens stay inside each implementation.
+
+Scoring never needs the [B, T, V] log-probs. `policy.scores(contexts, tokens, mask)` runs one
+forward and returns a `Scores`: what the per-token quantities of those completions are computed
+from, namely each token's log-prob, the full-vocabulary divergence to another `Scores` (a
+stop-gradient target: a teacher, the frozen reference, a mixture of teachers) and the entropy,
+each [B, T]. A policy with a small vocabulary keeps the [B, T, V] log-probs (`FullScores`, the
+graph task's `tiny_gpt`); the `hf` policy keeps the last hidden states and computes these in
+chunks of positions, exactly (`mitigate.policies.chunked.HiddenScores`). A policy that defines
+only `logprobs` gets `FullScores` of it (`scores_of`), so the three methods below are optional
+to implement. Register a new one with
 
     @register_policy("my_policy", MyPolicyConfig)   # config Section with `name: str = "my_policy"`
     class MyPolicy:
@@ -25,6 +35,7 @@ import torch
 
 from mitigate.core.io import InputError, check_safetensors, read_json
 from mitigate.core.registry import Registry
+from mitigate.ops import gather_tokens, log_mixture, token_divergence, token_entropy
 
 POLICIES = Registry("policy")
 register_policy = POLICIES.register
@@ -52,7 +63,24 @@ class Policy(Protocol):
         """Ancestral samples, one per context (repeat a context for several)."""
 
     def logprobs(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary log-probs [B, T, V] at each continuation position (grad if enabled)."""
+        """Full-vocabulary log-probs [B, T, V] at each continuation position (grad if enabled).
+        Materialises [B, T, V]: training uses `scores` instead."""
+
+    def scores(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> Scores:
+        """One forward over the completions `tokens` [B, T] (`mask` [B, T] marks real positions) after
+        `contexts`: the `Scores` every per-token quantity is computed from. With grad enabled they
+        carry the policy's graph; under no-grad they are a target that an optimizer step on the
+        policy does not move (the training loop keeps teacher targets for a whole step)."""
+
+    def token_logprobs(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] log p(y_t | context, y_<t) of the given tokens (grad if enabled):
+        `scores(...).token_logprobs()`."""
+
+    def divergence(self, other: Policy, contexts: list[list[int]], other_contexts: list[list[int]],
+                   tokens: torch.Tensor, mask: torch.Tensor, kind: str = "reverse_kl") -> torch.Tensor:
+        """[B, T] full-vocabulary divergence `kind` (`mitigate.ops.DIVERGENCES`) between this policy
+        after `contexts` (grad if enabled) and `other` after `other_contexts` (no-grad, eval mode: a
+        stop-gradient target) on the same completion tokens: `policy_divergence`."""
 
     def completion_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """1 on generated tokens up to and including the end of sequence, 0 after."""
@@ -62,6 +90,93 @@ class Policy(Protocol):
 
     def save(self, folder: str | Path, meta: dict) -> Path:
         """Write weights and `meta` atomically into `folder`."""
+
+
+@runtime_checkable
+class Scores(Protocol):
+    """Per-token quantities of B completions [B, T] under one policy and one context per row. Values
+    at positions where the mask is 0 are unspecified (0 for `HiddenScores`): aggregate with the mask."""
+
+    def token_logprobs(self) -> torch.Tensor:
+        """[B, T] log-prob of each completion token."""
+
+    def divergence(self, target: Scores, kind: str = "reverse_kl") -> torch.Tensor:
+        """[B, T] full-vocabulary divergence between these scores and `target` (same tokens and mask;
+        no gradient flows into `target`), conventions of `mitigate.ops.token_divergence`."""
+
+    def entropy(self) -> torch.Tensor:
+        """[B, T] entropy (nats) of the next-token distribution at each position."""
+
+    def materialise(self) -> torch.Tensor:
+        """The [B, T, V] log-probs (with grad when the scores have it). For code written against the
+        full tensor only: the memory the rest of this interface exists to avoid."""
+
+
+class FullScores:
+    """`Scores` from the [B, T, V] log-probs themselves: the simple path of a small vocabulary, and
+    what `scores_of` gives a policy that defines only `logprobs`. Every method is the `mitigate.ops`
+    function of the full tensor."""
+
+    def __init__(self, logprobs: torch.Tensor, tokens: torch.Tensor):
+        self.logprobs, self.tokens = logprobs, tokens.to(logprobs.device)
+
+    def token_logprobs(self) -> torch.Tensor:
+        return gather_tokens(self.logprobs, self.tokens)
+
+    def divergence(self, target: Scores, kind: str = "reverse_kl") -> torch.Tensor:
+        return token_divergence(self.logprobs, target.materialise().detach(), kind)
+
+    def entropy(self) -> torch.Tensor:
+        return token_entropy(self.logprobs)
+
+    def materialise(self) -> torch.Tensor:
+        return self.logprobs
+
+    @classmethod
+    def mixture(cls, targets: list[FullScores], log_weights: torch.Tensor) -> FullScores:
+        """The mixture sum_m w_m p_m at each position, log-weights [M, B, T] (`ops.log_mixture`)."""
+        stacked = torch.stack([t.materialise() for t in targets])
+        return cls(log_mixture(log_weights, stacked), targets[0].tokens)
+
+
+def scores_of(policy, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> Scores:
+    """`policy.scores(...)`, or `FullScores` of `policy.logprobs(...)` for a policy without `scores`."""
+    scores = getattr(policy, "scores", None)
+    if scores is not None:
+        return scores(contexts, tokens, mask)
+    return FullScores(policy.logprobs(contexts, tokens, mask), tokens)
+
+
+def target_scores(policy, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> Scores:
+    """The scores of `policy` as a stop-gradient target: no-grad, eval mode (dropout off)."""
+    model = policy.model
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return scores_of(policy, contexts, tokens, mask)
+    finally:
+        model.train(was)
+
+
+def mixture(targets: list[Scores], log_weights: torch.Tensor) -> Scores:
+    """The mixture of M targets on the same completions, weights exp(log_weights) [M, B, T] summing
+    to 1 over M at each position: `type(targets[0]).mixture` (every built-in `Scores` has one)."""
+    return type(targets[0]).mixture(targets, log_weights)
+
+
+def policy_token_logprobs(policy, contexts: list[list[int]], tokens: torch.Tensor,
+                          mask: torch.Tensor) -> torch.Tensor:
+    """`Policy.token_logprobs` for any policy: [B, T] from `scores_of`."""
+    return scores_of(policy, contexts, tokens, mask).token_logprobs()
+
+
+def policy_divergence(policy, other, contexts: list[list[int]], other_contexts: list[list[int]],
+                      tokens: torch.Tensor, mask: torch.Tensor, kind: str = "reverse_kl") -> torch.Tensor:
+    """`Policy.divergence` for any policy: `policy` after `contexts` (grad if enabled) against
+    `other` after `other_contexts` as a stop-gradient target, [B, T]."""
+    target = target_scores(other, other_contexts, tokens, mask)
+    return scores_of(policy, contexts, tokens, mask).divergence(target, kind)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

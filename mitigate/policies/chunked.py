@@ -13,6 +13,7 @@ path (tested in tests/unit/test_hf_policy.py).
 
     full       chunked_divergence(student_h, teacher_h, W_s, W_t, kind)          exact
     tokens     chunked_token_logprobs(h, W, tokens)                             log p of given tokens
+    entropy    chunked_entropy(h, W)                                            exact
     topk_tail  teacher_topk(teacher_h, W_t, k) -> (ids, logprobs)               an approximation:
                topk_tail_divergence(student_h, W_s, ids, logprobs, kind)        the teacher's top-k
                                                                                  tokens plus one tail bucket
@@ -23,7 +24,12 @@ processing inequality), equals it when k = V, and needs only [N, k] of teacher s
 targets can be stored once per step. The tail bucket matters: without it the student could lower
 the loss by shrinking its own mass on the teacher's top-k. Divergence kinds and their conventions
 are those of `mitigate.ops.token_divergence` (reverse_kl = KL(student || teacher)). The teacher
-is always a stop-gradient target.
+is always a stop-gradient target; it may be a mixture of M teachers, sum_m w_m softmax(W h_m + b)
+with per-position weights (teacher hidden states [N, M, H], log-weights [N, M]), which
+`sdsd_marginal` needs.
+
+`HiddenScores` puts these behind the `mitigate.policies.base.Scores` interface: the training loop
+and the objectives see [B, T] values only, and the `hf` policy never builds [B, T, V].
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mitigate.ops import DIVERGENCES, token_divergence
+from mitigate.ops import DIVERGENCES, log_mixture, token_divergence, token_entropy
 
 APPROXIMATIONS = ("full", "topk_tail")
 TINY = 1e-30  # floor for a tail bucket's probability (an empty tail has log-probability log(TINY) on both sides)
@@ -44,13 +50,24 @@ def log_softmax_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return torch.log_softmax(F.linear(hidden.to(weight.dtype), weight, bias).float(), -1)
 
 
+def teacher_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                        log_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """A target's log-probs [N, V]: `log_softmax_logits` of hidden [N, H], or with `log_weights` [N, M]
+    the mixture log sum_m w_m softmax(W h_m + b) of hidden [N, M, H] (`ops.log_mixture`)."""
+    lp = log_softmax_logits(hidden, weight, bias)
+    if log_weights is None:
+        return lp
+    return log_mixture(log_weights.float().T, lp.transpose(0, 1))
+
+
 def naive_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_weight: torch.Tensor,
                      teacher_weight: torch.Tensor, kind: str = "reverse_kl", student_bias: torch.Tensor | None = None,
-                     teacher_bias: torch.Tensor | None = None) -> torch.Tensor:
+                     teacher_bias: torch.Tensor | None = None,
+                     teacher_log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The reference: all N positions' [N, V] log-probs at once, then `ops.token_divergence`. [N]."""
     student = log_softmax_logits(student_hidden, student_weight, student_bias)
     with torch.no_grad():
-        teacher = log_softmax_logits(teacher_hidden, teacher_weight, teacher_bias)
+        teacher = teacher_log_softmax(teacher_hidden, teacher_weight, teacher_bias, teacher_log_weights)
     return token_divergence(student, teacher, kind)
 
 
@@ -138,31 +155,34 @@ def _check(kind: str, chunk_size: int) -> None:
 
 def chunked_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_weight: torch.Tensor,
                        teacher_weight: torch.Tensor, kind: str = "reverse_kl", chunk_size: int = 256,
-                       student_bias: torch.Tensor | None = None,
-                       teacher_bias: torch.Tensor | None = None) -> torch.Tensor:
+                       student_bias: torch.Tensor | None = None, teacher_bias: torch.Tensor | None = None,
+                       teacher_log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-position full-vocabulary divergence [N] from hidden states [N, H] and projections [V, H].
 
     Equal (values and gradients with respect to the student's hidden states, weight and bias) to
     `naive_divergence`, computed `chunk_size` positions at a time; the backward recomputes each
     chunk's logits instead of keeping them. The teacher's tensors are detached: it is a target,
-    never trained through this term. Pass only the positions that count (e.g.
+    never trained through this term. With `teacher_log_weights` [N, M] the teacher is the mixture
+    of `teacher_hidden` [N, M, H] (`teacher_log_softmax`). Pass only the positions that count (e.g.
     `hidden[mask.bool()]`): padding costs as much as a real token."""
     _check(kind, chunk_size)
     teacher_weight = teacher_weight.detach()
     teacher_bias = None if teacher_bias is None else teacher_bias.detach()
+    targets = (teacher_hidden.detach(),) if teacher_log_weights is None else (
+        teacher_hidden.detach(), teacher_log_weights.detach())
 
-    def teacher_logprobs(teacher_h):
-        return log_softmax_logits(teacher_h, teacher_weight, teacher_bias)
+    def teacher_logprobs(*target):
+        return teacher_log_softmax(target[0], teacher_weight, teacher_bias, *target[1:])
 
-    def values(logits, teacher_h):
-        return token_divergence(torch.log_softmax(logits.float(), -1), teacher_logprobs(teacher_h), kind)
+    def values(logits, *target):
+        return token_divergence(torch.log_softmax(logits.float(), -1), teacher_logprobs(*target), kind)
 
-    def grads(hidden, weight, bias, grad_out, teacher_h):
-        teacher = teacher_logprobs(teacher_h)  # first, so the student's logits are never alive beside the teacher's
+    def grads(hidden, weight, bias, grad_out, *target):
+        teacher = teacher_logprobs(*target)  # first, so the student's logits are never alive beside the teacher's
         return divergence_logits_grad(F.linear(hidden, weight, bias), teacher, kind).mul_(grad_out[:, None])
 
     return _ChunkedFromLogits.apply(student_hidden, student_weight, student_bias, values, grads, chunk_size,
-                                    teacher_hidden.detach())
+                                    *targets)
 
 
 def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 256,
@@ -184,6 +204,25 @@ def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: t
     return _ChunkedFromLogits.apply(hidden, weight, bias, values, grads, chunk_size, tokens.detach())
 
 
+def chunked_entropy(hidden: torch.Tensor, weight: torch.Tensor, chunk_size: int = 256,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy of softmax(W h + b) at each position: [N, H] -> [N] fp32, in chunks, with the
+    closed-form gradient dH/dz = -p (log p + H). What the entropy regularizer needs."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    def values(logits):
+        return token_entropy(torch.log_softmax(logits.float(), -1))
+
+    def grads(hidden, weight, bias, grad_out):
+        s = torch.log_softmax(F.linear(hidden, weight, bias).float(), -1)
+        p = s.exp()
+        entropy = -torch.bmm(p.unsqueeze(1), s.unsqueeze(2)).view(-1, 1)
+        return s.add_(entropy).mul_(p).neg_().mul_(grad_out[:, None])
+
+    return _ChunkedFromLogits.apply(hidden, weight, bias, values, grads, chunk_size)
+
+
 # ----------------------------------------------------------------------------- top-k with a tail bucket
 
 def tail_bucket(topk_logprobs: torch.Tensor) -> torch.Tensor:
@@ -195,14 +234,17 @@ def tail_bucket(topk_logprobs: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def teacher_topk(teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor, k: int, chunk_size: int = 256,
-                 teacher_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 teacher_bias: torch.Tensor | None = None,
+                 teacher_log_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's k most likely tokens and their log-probs at each position: ([N, k] ids, [N, k] fp32)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(k, teacher_weight.shape[0])
     ids, logprobs = [], []
     for lo in range(0, len(teacher_hidden), chunk_size):
-        lp = log_softmax_logits(teacher_hidden[lo:lo + chunk_size], teacher_weight, teacher_bias)
+        sl = slice(lo, lo + chunk_size)
+        lp = teacher_log_softmax(teacher_hidden[sl], teacher_weight, teacher_bias,
+                                 None if teacher_log_weights is None else teacher_log_weights[sl])
         top = lp.topk(k, -1)
         ids.append(top.indices)
         logprobs.append(top.values)
@@ -232,13 +274,99 @@ def topk_tail_divergence(student_hidden: torch.Tensor, student_weight: torch.Ten
 def divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_weight: torch.Tensor,
                teacher_weight: torch.Tensor, kind: str = "reverse_kl", approximation: str = "full",
                chunk_size: int = 256, topk: int = 64, student_bias: torch.Tensor | None = None,
-               teacher_bias: torch.Tensor | None = None) -> torch.Tensor:
+               teacher_bias: torch.Tensor | None = None,
+               teacher_log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """One entry point for both forms: `approximation` is "full" (exact) or "topk_tail" (k = `topk`)."""
     if approximation == "full":
         return chunked_divergence(student_hidden, teacher_hidden, student_weight, teacher_weight, kind, chunk_size,
-                                  student_bias, teacher_bias)
+                                  student_bias, teacher_bias, teacher_log_weights)
     if approximation == "topk_tail":
-        ids, logprobs = teacher_topk(teacher_hidden, teacher_weight, topk, chunk_size, teacher_bias)
+        ids, logprobs = teacher_topk(teacher_hidden, teacher_weight, topk, chunk_size, teacher_bias,
+                                     teacher_log_weights)
         return topk_tail_divergence(student_hidden, student_weight, ids, logprobs, kind, chunk_size, student_bias)
     raise ValueError(f"unknown approximation '{approximation}'; allowed: {', '.join(APPROXIMATIONS)}")
 
+
+# ----------------------------------------------------------------------------- the Scores interface
+
+class HiddenScores:
+    """`mitigate.policies.base.Scores` from last hidden states: B completions' hidden states
+    [B, T, H] (after the final norm, at the positions predicting each token), the mask of real
+    positions, the tokens and the output projection (W [V, H], b). Every per-token quantity is
+    computed over the masked positions only, in chunks of `chunk_size`, and is 0 elsewhere; nothing
+    [B, T, V] is built except by `materialise`.
+
+    A stop-gradient target (a teacher, the reference) is made under no-grad with a projection that
+    does not change while it is used: `HFPolicy.scores` copies a trainable one (a live teacher's)
+    and refers to a frozen one (the reference; an EMA teacher, updated only after the step whose
+    targets it made). A mixture of targets
+    (`mixture`) holds their hidden states [M, B, T, H] and log-weights [M, B, T]."""
+
+    def __init__(self, hidden: torch.Tensor, keep: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None, chunk_size: int = 256, approximation: str = "full",
+                 topk: int = 64, log_weights: torch.Tensor | None = None):
+        self.hidden, self.keep, self.tokens = hidden, keep.bool(), tokens
+        self.weight, self.bias, self.log_weights = weight, bias, log_weights
+        self.chunk_size, self.approximation, self.topk = chunk_size, approximation, topk
+
+    def _rows(self) -> torch.Tensor:
+        """Hidden states of the masked positions: [N, H], or [N, M, H] for a mixture."""
+        if self.log_weights is None:
+            return self.hidden[self.keep]
+        return self.hidden[:, self.keep].transpose(0, 1)
+
+    def _row_log_weights(self) -> torch.Tensor | None:
+        return None if self.log_weights is None else self.log_weights[:, self.keep].T
+
+    def _scatter(self, per_token: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.keep.shape, dtype=per_token.dtype, device=per_token.device)
+        return out.masked_scatter(self.keep, per_token)
+
+    def _target_rows(self, fn) -> torch.Tensor:
+        """`fn(log-probs [C, V], tokens [C])` over chunks of a mixture (always a no-grad target)."""
+        rows, log_w, tokens = self._rows(), self._row_log_weights(), self.tokens[self.keep]
+        with torch.no_grad():
+            parts = [fn(teacher_log_softmax(rows[lo:lo + self.chunk_size], self.weight, self.bias,
+                                            log_w[lo:lo + self.chunk_size]), tokens[lo:lo + self.chunk_size])
+                     for lo in range(0, len(rows), self.chunk_size)]
+        return torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)
+
+    def token_logprobs(self) -> torch.Tensor:
+        if self.log_weights is not None:
+            return self._scatter(self._target_rows(lambda lp, ids: lp.gather(-1, ids[:, None])[:, 0]))
+        return self._scatter(chunked_token_logprobs(self._rows(), self.weight, self.tokens[self.keep],
+                                                    self.chunk_size, self.bias))
+
+    def entropy(self) -> torch.Tensor:
+        if self.log_weights is not None:
+            return self._scatter(self._target_rows(lambda lp, ids: token_entropy(lp)))
+        return self._scatter(chunked_entropy(self._rows(), self.weight, self.chunk_size, self.bias))
+
+    def divergence(self, target: HiddenScores, kind: str = "reverse_kl") -> torch.Tensor:
+        """Per-token divergence to `target` (same completions and mask) with this policy's
+        `approximation` (exact "full", or "topk_tail")."""
+        if not isinstance(target, HiddenScores):
+            raise TypeError(f"HiddenScores.divergence needs HiddenScores as its target, got {type(target).__name__}")
+        if self.log_weights is not None:
+            raise ValueError("a mixture is a target only")
+        if not torch.equal(self.keep, target.keep):
+            raise ValueError("student and target scores must cover the same completion positions (same mask)")
+        per_token = divergence(self._rows(), target._rows(), self.weight, target.weight, kind, self.approximation,
+                               self.chunk_size, self.topk, self.bias, target.bias, target._row_log_weights())
+        return self._scatter(per_token)
+
+    def materialise(self) -> torch.Tensor:
+        if self.log_weights is None:
+            return log_softmax_logits(self.hidden, self.weight, self.bias)
+        lp = torch.stack([log_softmax_logits(h, self.weight, self.bias) for h in self.hidden])
+        return log_mixture(self.log_weights.float(), lp)
+
+    @classmethod
+    def mixture(cls, targets: list[HiddenScores], log_weights: torch.Tensor) -> HiddenScores:
+        """The mixture of M no-grad targets of one set of weights; log-weights [M, B, T]."""
+        first = targets[0]
+        if any(t.log_weights is not None or t.weight is not first.weight or t.bias is not first.bias
+               or not torch.equal(t.keep, first.keep) for t in targets):
+            raise ValueError("a mixture needs plain targets of the same weights on the same completion positions")
+        return cls(torch.stack([t.hidden.detach() for t in targets]), first.keep, first.tokens, first.weight,
+                   first.bias, first.chunk_size, first.approximation, first.topk, log_weights.detach())

@@ -20,10 +20,11 @@ What it guarantees, because each silently changes results when left to library d
 - The random stream: `sample` draws one seed per batch from the caller's generator and runs
   `generate` under a forked global RNG, so named streams stay reproducible.
 
-`divergence(...)` computes per-token full-vocabulary divergences to a teacher, and
-`token_logprobs(...)` the log-probs of the completion tokens, from last hidden states in chunks
-(`mitigate.policies.chunked`), without the [B, T, V] tensor; `logprobs(...)` keeps the protocol's
-full [B, T, V] path. `build_tiny_checkpoint` writes a tiny random Llama or
+`scores(...)` keeps the completions' last hidden states (`mitigate.policies.chunked.HiddenScores`):
+per-token full-vocabulary divergences to a teacher, the log-probs of the completion tokens and the
+entropies come from them in chunks of positions, without the [B, T, V] tensor; training uses
+only these (`divergence(...)` and `token_logprobs(...)` are the one-call forms). `logprobs(...)`
+keeps the protocol's full [B, T, V] path. `build_tiny_checkpoint` writes a tiny random Llama or
 Qwen3 checkpoint with a locally trained tokenizer and a chat template, for tests and smoke runs.
 
 `model.path: tiny:qwen3` (or `tiny:llama`) names that tiny checkpoint instead of a folder, and
@@ -62,8 +63,8 @@ from transformers.utils import logging as hf_logging
 from mitigate.core.fields import ConfigError, Section, build, opt
 from mitigate.core.io import atomic_dir
 from mitigate.ops import DIVERGENCES
-from mitigate.policies.base import META_FILE, Samples, register_policy
-from mitigate.policies.chunked import APPROXIMATIONS, chunked_token_logprobs, divergence
+from mitigate.policies.base import META_FILE, Samples, policy_divergence, policy_token_logprobs, register_policy
+from mitigate.policies.chunked import APPROXIMATIONS, HiddenScores, chunked_token_logprobs
 from mitigate.policies.tiny_gpt import left_pad, positions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -400,17 +401,34 @@ class HFPolicy:
         module = self.wrapped if torch.is_grad_enabled() else self.model
         return self._forward(module, contexts, tokens, mask, hidden=True)
 
+    def scores(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> HiddenScores:
+        """The completions' `Scores` from one forward: last hidden states [B, T, H] and the output
+        projection (`HiddenScores`: token log-probs, divergences and entropies in chunks of
+        `divergence_chunk` positions, never [B, T, V]). Under no-grad (a target) a trainable
+        projection is copied, so the target stays that of these weights after an optimizer step."""
+        self._check_plain_logits()
+        hidden = self.completion_hidden(contexts, tokens, mask)
+        weight, bias = self.output_projection() if torch.is_grad_enabled() else self._frozen_projection()
+        return HiddenScores(hidden, mask.to(self.device).bool(), tokens.to(self.device), weight, bias,
+                            self.cfg.divergence_chunk, self.cfg.divergence_approximation, self.cfg.divergence_topk)
+
+    def _frozen_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output projection as a target may keep it: the parameters themselves when frozen, else a
+        copy, shared by every target made before the weights next change (M teachers: one copy)."""
+        weight, bias = self.output_projection()
+        if not (weight.requires_grad or (bias is not None and bias.requires_grad)):
+            return weight.detach(), None if bias is None else bias.detach()
+        versions = (weight._version, None if bias is None else bias._version)  # in-place updates bump them
+        cached = self.__dict__.get("_projection_copy")
+        if cached is None or cached[0] is not weight or cached[1] != versions:
+            cached = (weight, versions, weight.detach().clone(), None if bias is None else bias.detach().clone())
+            self._projection_copy = cached
+        return cached[2], cached[3]
+
     def token_logprobs(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log p of each completion token [B, T] (0 where mask is 0), from hidden states in chunks of
         `divergence_chunk` positions: `gather(logprobs(...), tokens)` without the [B, T, V] tensor."""
-        self._check_plain_logits()
-        keep = mask.to(self.device).bool()
-        hidden = self.completion_hidden(contexts, tokens, mask)[keep]
-        weight, bias = self.output_projection()
-        per_token = chunked_token_logprobs(hidden, weight, tokens.to(self.device)[keep], self.cfg.divergence_chunk,
-                                           bias)
-        out = torch.zeros(keep.shape, dtype=per_token.dtype, device=per_token.device)
-        return out.masked_scatter(keep, per_token)
+        return policy_token_logprobs(self, contexts, tokens, mask)
 
     def pretraining_loss(self, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the target tokens (`loss_mask` 1; never the prompt) of right-padded
@@ -451,18 +469,7 @@ class HFPolicy:
         if kind not in DIVERGENCES:
             raise ValueError(f"unknown divergence '{kind}'; allowed: {', '.join(DIVERGENCES)}")
         self._check_plain_logits(teacher)
-        keep = mask.to(self.device).bool()
-        student_h = self.completion_hidden(contexts, tokens, mask)[keep]
-        was = teacher.model.training
-        teacher.model.eval()
-        with torch.no_grad():
-            teacher_h = teacher.completion_hidden(teacher_contexts, tokens, mask)[keep]
-        teacher.model.train(was)
-        (w_s, b_s), (w_t, b_t) = self.output_projection(), teacher.output_projection()
-        per_token = divergence(student_h, teacher_h, w_s, w_t, kind, self.cfg.divergence_approximation,
-                               self.cfg.divergence_chunk, self.cfg.divergence_topk, b_s, b_t)
-        out = torch.zeros(keep.shape, dtype=per_token.dtype, device=per_token.device)
-        return out.masked_scatter(keep, per_token)
+        return policy_divergence(self, teacher, contexts, teacher_contexts, tokens, mask, kind)
 
     # ---- copies and checkpoints
     def frozen_copy(self) -> HFPolicy:

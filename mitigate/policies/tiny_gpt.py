@@ -19,7 +19,15 @@ from transformers.utils import logging as hf_logging
 
 from mitigate.core.fields import Section, opt
 from mitigate.core.io import atomic_dir
-from mitigate.policies.base import META_FILE, CheckpointError, Samples, register_policy
+from mitigate.policies.base import (
+    META_FILE,
+    CheckpointError,
+    FullScores,
+    Samples,
+    policy_divergence,
+    policy_token_logprobs,
+    register_policy,
+)
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", META_FILE)
 
@@ -253,6 +261,16 @@ class TinyGPT:
     def logprobs(self, contexts, tokens, mask) -> torch.Tensor:
         module = self.wrapped if torch.is_grad_enabled() else self.model
         return continuation_logprobs(module, contexts, tokens, mask)
+
+    def scores(self, contexts, tokens, mask) -> FullScores:
+        """The full-tensor path: the [B, T, V] log-probs of one forward (a vocabulary of a few dozen)."""
+        return FullScores(self.logprobs(contexts, tokens, mask), tokens)
+
+    def token_logprobs(self, contexts, tokens, mask) -> torch.Tensor:
+        return policy_token_logprobs(self, contexts, tokens, mask)
+
+    def divergence(self, other, contexts, other_contexts, tokens, mask, kind="reverse_kl") -> torch.Tensor:
+        return policy_divergence(self, other, contexts, other_contexts, tokens, mask, kind)
 
     def sequence_logprobs(self, contexts, tokens, mask) -> torch.Tensor:
         return sequence_logprob(self.model, contexts, tokens, mask)

@@ -38,8 +38,8 @@ from mitigate.core.seeding import device_for, numpy_stream, torch_stream
 from mitigate.metrics import pass_at_k
 from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
 from mitigate.objectives.base import make_term
-from mitigate.ops import aggregate, gather_tokens, k3_kl, masked_mean, reverse_kl_anchor, token_divergence
-from mitigate.policies import load_policy, resolve_checkpoint
+from mitigate.ops import aggregate, k3_kl, masked_mean, reverse_kl_anchor
+from mitigate.policies import load_policy, resolve_checkpoint, scores_of
 from mitigate.recipes.common import checkpoint_record, finished_run, init_digest, note_resume, run_record, same_task
 from mitigate.regularizers import REGULARIZERS
 from mitigate.rollout import generate
@@ -173,25 +173,29 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
             r = generate(student, train_task, prompts, G, tc.temperature, rollout_gen, cfg.eval.batch_size)
             tokens, mask = r.tokens.to(dev), r.mask.float().to(dev)
             correct = torch.as_tensor(r.correct, device=dev)
-            # ---- scores fixed for the step: the sampling policy's and the reference's log-probs
+            # ---- scores fixed for the step: the sampling policy's token log-probs, the reference's
+            # scores (a stop-gradient target). Nothing here or below is [B, T, V] unless the policy's
+            # own `Scores` are (`mitigate.policies.base`).
             with torch.no_grad():
-                old = gather_tokens(student.logprobs(r.contexts, tokens, mask), tokens)
-                ref = reference.logprobs(r.contexts, tokens, mask)
+                old = student.token_logprobs(r.contexts, tokens, mask)
+                ref = scores_of(reference, r.contexts, tokens, mask)
             # ---- objective + KL anchor + regularizers, `inner_epochs` optimizer passes
             skipped = None
             for _ in range(tc.inner_epochs):
                 batch = Batch(prompts=prompts, group_index=r.group_index.to(dev), contexts=r.contexts,
                               tokens=tokens, mask=mask, rewards=correct.float(), correct=correct,
                               labels=torch.as_tensor(r.labels, device=dev),
-                              logprobs=student.logprobs(r.contexts, tokens, mask), old_token_logprobs=old,
-                              ref_logprobs=ref)
+                              scores=student.scores(r.contexts, tokens, mask), old_token_logprobs=old,
+                              reference=ref)
                 loss, scalars = objective(batch, ctx, tc.objective)
                 values = {f"{term_names['objective']} ({tc.objective.name})": float(loss.detach())}
+                kl_base = None  # logged: the student's full-vocabulary KL to the reference, before the update
                 if tc.kl_coef > 0:  # the shared KL anchor to the frozen base, same for every objective
                     if tc.kl_estimator == "k3":
-                        anchor = k3_kl(batch.token_logprobs(), gather_tokens(ref, tokens))
+                        anchor = k3_kl(batch.token_logprobs(), ref.token_logprobs())
                     else:
-                        anchor, _ = reverse_kl_anchor(batch.logprobs, ref, tokens, mask)
+                        anchor, kl_base = reverse_kl_anchor(batch.divergence(ref, "reverse_kl"),
+                                                            batch.token_logprobs(), mask)
                     anchor = aggregate(anchor, mask, "token_mean")
                     loss = loss + tc.kl_coef * anchor
                     scalars["kl_anchor_loss"] = float(anchor.detach())
@@ -202,6 +206,9 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                     scalars.update({f"{rcfg.name}/{k}": v for k, v in r_scalars.items()})
                     scalars[f"{rcfg.name}/loss"] = float(r_loss.detach())
                     values[f"regularizers[{i}] ({rcfg.name})"] = scalars[f"{rcfg.name}/loss"]
+                if main and kl_base is None:
+                    with torch.no_grad():
+                        kl_base = batch.divergence(ref, "reverse_kl")
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 norm = None
@@ -228,7 +235,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                       f"{', '.join(f'{k}={v}' for k, v in skipped.items())}", file=sys.stderr)
             # ---- log (main process): batch statistics, and the probe every `eval_every` steps
             if main:
-                kl_base = masked_mean(token_divergence(batch.logprobs.detach(), ref, "reverse_kl"), mask)
+                kl_base = masked_mean(kl_base, mask)
                 labels = r.labels.reshape(len(prompts), G)
                 row = {"step": step, "loss": float(loss.detach()), "reward": float(correct.float().mean()),
                        "kl_base": float(kl_base), "token_entropy": float(r.token_entropy.mean()),

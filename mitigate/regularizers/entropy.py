@@ -17,7 +17,7 @@ import torch
 
 from mitigate.core.fields import Section, opt
 from mitigate.objectives.base import Batch, Context
-from mitigate.ops import AGGREGATIONS, aggregate, token_divergence
+from mitigate.ops import AGGREGATIONS, aggregate
 from mitigate.regularizers.base import register_regularizer
 
 
@@ -31,11 +31,11 @@ class EntropyConfig(Section):
 
 @register_regularizer("entropy", EntropyConfig)
 def entropy(batch: Batch, ctx: Context, cfg: EntropyConfig) -> tuple[torch.Tensor, dict]:
-    token_entropy = -(batch.logprobs.exp() * batch.logprobs).sum(-1)  # [B, T]
+    token_entropy = batch.token_entropy()  # [B, T]
     per_token = -token_entropy
     scalars = {"token_entropy": float(aggregate(token_entropy.detach(), batch.mask, "token_mean"))}
     if cfg.base_kl > 0:
-        kl = token_divergence(batch.logprobs, batch.ref_logprobs, "reverse_kl")
+        kl = batch.divergence(batch.reference, "reverse_kl")
         per_token = per_token + cfg.base_kl * kl
         scalars["kl_base_full"] = float(aggregate(kl.detach(), batch.mask, "token_mean"))
     return aggregate(per_token, batch.mask, cfg.aggregation), scalars

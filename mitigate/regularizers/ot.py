@@ -119,7 +119,7 @@ class OTPenalty:
         scalars = {"groups_used": valid_share, "penalty_abs": spread}
         if cfg.replay > 0 and self._replay is not None:
             contexts, tokens, mask, ref_penalty = self._replay
-            lp = ctx.policy.logprobs(contexts, tokens, mask).gather(-1, tokens[..., None])[..., 0]
+            lp = ctx.policy.token_logprobs(contexts, tokens, mask)
             loss = loss + cfg.replay * aggregate(ref_penalty[:, None] * lp, mask, "token_mean")
             scalars["replay_paths"] = float(len(tokens))
         return loss, scalars

@@ -77,7 +77,7 @@ class Replay:
         if self._step != ctx.step:
             self._step, self._batch = ctx.step, self._paths(batch, ctx, cfg)
         if self._batch is None:  # no prompt of this step has a correct base path
-            return batch.logprobs.sum() * 0, {"replay_paths": 0.0}
+            return batch.zero_loss(), {"replay_paths": 0.0}
         contexts, tokens, mask = self._batch
-        lp = ctx.policy.logprobs(contexts, tokens, mask).gather(-1, tokens[..., None])[..., 0]
+        lp = ctx.policy.token_logprobs(contexts, tokens, mask)
         return -aggregate(lp, mask, "token_mean"), {"replay_paths": float(len(tokens))}

@@ -14,8 +14,8 @@ from mitigate import config as C
 from mitigate.core.fields import Section, opt
 from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
 from mitigate.objectives.base import make_term
-from mitigate.ops import aggregate, gather_tokens
-from mitigate.policies import load_policy
+from mitigate.ops import aggregate
+from mitigate.policies import FullScores, load_policy
 from mitigate.recipes.train import train
 from mitigate.regularizers import REGULARIZERS, register_regularizer
 from mitigate.regularizers.ot import sinkhorn_potentials
@@ -135,11 +135,12 @@ def make_batch(p, seed=0) -> tuple[Batch, Context]:
     """One step's batch and a fresh context (live teacher = the policy itself, demonstration
     draws from a generator seeded with `seed`)."""
     policy, tokens, mask = p["policy"], p["tokens"], p["mask"]
-    logprobs = policy.logprobs(p["contexts"], tokens, mask)
+    scores = policy.scores(p["contexts"], tokens, mask)  # tiny_gpt: FullScores, b.logprobs is their tensor
     batch = Batch(prompts=p["prompts"], group_index=torch.arange(len(p["prompts"])).repeat_interleave(p["G"]),
                   contexts=p["contexts"], tokens=tokens, mask=mask, rewards=p["correct"].float(),
-                  correct=p["correct"], labels=p["labels"], logprobs=logprobs,
-                  old_token_logprobs=gather_tokens(logprobs.detach(), tokens), ref_logprobs=logprobs.detach())
+                  correct=p["correct"], labels=p["labels"], scores=scores,
+                  old_token_logprobs=scores.token_logprobs().detach(),
+                  reference=FullScores(scores.logprobs.detach(), tokens))
     ctx = Context(task=p["task"], policy=policy, reference=policy, teacher=Teacher("live", policy, policy),
                   generator=torch.Generator().manual_seed(seed),
                   reference_generator=torch.Generator().manual_seed(seed), temperature=1.0, batch_size=4096,
@@ -204,7 +205,7 @@ def test_pcmi_advantages_match_a_brute_force_computation(batch_parts, name, coef
     grad = torch.autograd.grad(loss, b.logprobs)[0]
     B, G = len(b.tokens), batch_parts["G"]
     student = b.token_logprobs().detach()
-    pcmi = [[float(((gather_tokens(t, b.tokens)[i] - student[i]) * b.mask[i]).sum()) for t in teachers]
+    pcmi = [[float(((t.token_logprobs()[i] - student[i]) * b.mask[i]).sum()) for t in teachers]
             for i in range(B)]
     expected = []
     for i in range(B):
@@ -244,8 +245,9 @@ def test_entropy_bonus_is_minus_mean_entropy_and_its_step_raises_entropy():
     def as_batch(lp):
         return Batch(prompts=[0], group_index=torch.zeros(3, dtype=torch.long), contexts=[],
                      tokens=torch.zeros(3, 4, dtype=torch.long), mask=mask, rewards=torch.zeros(3),
-                     correct=torch.zeros(3, dtype=torch.bool), labels=torch.full((3,), -1), logprobs=lp,
-                     old_token_logprobs=torch.zeros(3, 4), ref_logprobs=lp.detach())
+                     correct=torch.zeros(3, dtype=torch.bool), labels=torch.full((3,), -1),
+                     scores=FullScores(lp, torch.zeros(3, 4, dtype=torch.long)), old_token_logprobs=torch.zeros(3, 4),
+                     reference=FullScores(lp.detach(), torch.zeros(3, 4, dtype=torch.long)))
 
     lp = logits.log_softmax(-1)
     loss, _ = fn(as_batch(lp), None, cfg)  # the entropy term reads the batch only

@@ -318,7 +318,7 @@ def test_reverse_kl_anchor_hand_computed():
     ref = rand_logprobs(2, 3, 4, seed=22)
     tokens = torch.tensor([[0, 3, 1], [2, 2, 0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
-    sur, k = reverse_kl_anchor(lp, ref, tokens, mask)
+    sur, k = reverse_kl_anchor(token_divergence(lp, ref, "reverse_kl"), gather_tokens(lp, tokens), mask)
     p = lp.exp()
     kl = (p * (lp - ref)).sum(-1) * mask
     np.testing.assert_allclose(k.numpy(), kl.numpy(), atol=1e-12)

@@ -42,6 +42,7 @@ from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
 from mitigate.objectives import teacher as teacher_module
 from mitigate.objectives.base import make_term
 from mitigate.ops import aggregate, gather_tokens, pick_demonstrations, reverse_kl_anchor, token_divergence
+from mitigate.policies import FullScores, target_scores
 
 KAPPA, BETA, L = 1.0, 0.5, 2
 # 9 outputs (y1, y2): 6 correct (y2 != 2); y1 is the "strategy", y2 the route
@@ -93,6 +94,9 @@ class TabularPolicy:
         demo = torch.tensor([c[1:] if len(c) > 1 else [-1] * self.space.L for c in contexts])
         bonus = torch.nn.functional.one_hot(demo.clamp(min=0), self.space.K) * (demo >= 0)[..., None]
         return torch.log_softmax(logits + self.model.kappa * bonus, -1)
+
+    def scores(self, contexts, tokens, mask):  # the Policy interface's full-tensor path (a vocabulary of K)
+        return FullScores(self.logprobs(contexts, tokens, mask), tokens)
 
     def completion_mask(self, tokens):
         return torch.ones(tokens.shape, dtype=torch.float64)
@@ -179,7 +183,7 @@ class Harness:
         self.cfg = C.build(entry.config, {"name": name, "aggregation": "seq_sum", **fields})
         self.policy = TabularPolicy(enum.space, base_logits if logits is None else logits)
         self.base = TabularPolicy(enum.space, base_logits, frozen=True)
-        self.ref = self.base.logprobs(enum.contexts, enum.tokens, enum.mask)
+        self.ref = target_scores(self.base, enum.contexts, enum.tokens, enum.mask)
         self.ctx = Context(task=TabularTask(), policy=self.policy, reference=self.base,
                            teacher=Teacher(teacher, self.policy, self.base), generator=torch.Generator().manual_seed(0),
                            reference_generator=torch.Generator().manual_seed(0), temperature=1.0,
@@ -200,15 +204,15 @@ class Harness:
         w = e.row_weights(e.space.probs(self.logits()))[:, None, None]
         batch = Batch(prompts=e.prompts, group_index=e.group_index, contexts=e.contexts, tokens=e.tokens,
                       mask=e.mask, rewards=e.correct.double(), correct=e.correct, labels=torch.full((e.B,), -1),
-                      logprobs=lp.detach() + w * (lp - lp.detach()),
-                      old_token_logprobs=gather_tokens(lp.detach(), e.tokens), ref_logprobs=self.ref)
+                      scores=FullScores(lp.detach() + w * (lp - lp.detach()), e.tokens),
+                      old_token_logprobs=gather_tokens(lp.detach(), e.tokens), reference=self.ref)
         with mock.patch.object(teacher_module, "pick_demonstrations", e.pick if e.demos is not None
                                else pick_demonstrations):
             loss, _ = self.fn(batch, self.ctx, self.cfg)
         if self.anchor == "reverse_kl":  # as recipes/train.py adds it
-            anchor, _ = reverse_kl_anchor(batch.logprobs, self.ref, e.tokens, e.mask)
+            anchor, _ = reverse_kl_anchor(batch.divergence(self.ref, "reverse_kl"), batch.token_logprobs(), e.mask)
         else:  # the per-token KL without the score term, for contrast
-            anchor = token_divergence(batch.logprobs, self.ref, "reverse_kl")
+            anchor = batch.divergence(self.ref, "reverse_kl")
         loss = loss + self.beta * e.space.L * aggregate(anchor, e.mask, "token_mean")  # kl_coef = beta L
         (g,) = torch.autograd.grad(loss, self.policy.model.logits)
         return g.numpy()
@@ -446,7 +450,7 @@ def test_reverse_kl_anchor_has_the_gradient_of_the_sequence_kl(seed):
     mask = torch.ones(tokens.shape, dtype=torch.float64)
     seq = gather_tokens(lp, tokens).sum(-1)                              # log pi(y)
     pi = seq.exp().detach()
-    surrogate, k = reverse_kl_anchor(lp, rlp, tokens, mask)
+    surrogate, k = reverse_kl_anchor(token_divergence(lp, rlp, "reverse_kl"), gather_tokens(lp, tokens), mask)
     (g_anchor,) = torch.autograd.grad((pi * surrogate.sum(-1)).sum(), logits, retain_graph=True)
     kl = (seq.exp() * (seq - gather_tokens(rlp, tokens).sum(-1))).sum()   # exact sequence-level KL
     (g_kl,) = torch.autograd.grad(kl, logits, retain_graph=True)
