@@ -186,7 +186,8 @@ def _dispatch(args) -> int:
                                 report_to=args.report_to)
         print(f"base model written to {out / 'checkpoint'}")
     elif args.command == "train":
-        out = mitigate.train(_load(args), args.init, args.out, args.overwrite, args.quiet, resume=args.resume)
+        out = mitigate.train(_load(args), args.init, args.out, args.overwrite, args.quiet, resume=args.resume,
+                             report_to=args.report_to)
         print(f"trained model written to {out / 'checkpoint'}")
     elif args.command == "eval":
         overrides = list(args.overrides) + ([f"eval.samples={args.samples}"] if args.samples is not None else [])
@@ -196,7 +197,7 @@ def _dispatch(args) -> int:
         print(f"ID pass@1 {pk['1']:.3f}  pass@{max(pk, key=int)} {pk[max(pk, key=int)]:.3f} -> {args.out}")
     elif args.command == "reproduce":
         out = mitigate.reproduce(_load(args), Path(args.out), args.overwrite, args.quiet, base=args.base,
-                                 resume=args.resume)
+                                 resume=args.resume, report_to=args.report_to)
         print(f"summary written to {out / 'summary.md'}")
     elif args.command == "sweep":
         from mitigate.recipes import sweep as S
@@ -206,10 +207,11 @@ def _dispatch(args) -> int:
             argv = [args.config] + (["--preset", args.preset] if args.preset else [])
             argv += [a for o in args.overrides for a in ("--set", o)]
             argv += [a for i in args.imports for a in ("--import", i)] + (["--base", args.base] if args.base else [])
+            argv += ["--report-to", args.report_to] if args.report_to != "none" else []
             S.print_commands(S.Sweep(cfg, args.out, args.base, args.config), argv)
             return 0
         res = S.sweep(cfg, args.out, args.base, args.jobs, args.overwrite, args.quiet, args.cells, args.imports,
-                      config_path=args.config)
+                      config_path=args.config, report_to=args.report_to)
         print(f"sweep: {len(res['trained'])} cell(s) trained, {len(res['skipped'])} already done")
         if res["summary"]:
             print(f"summary written to {Path(args.out) / 'summary.md'}; LaTeX tables and figures: "

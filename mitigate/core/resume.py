@@ -337,8 +337,9 @@ FAULT_ENV = "MITIGATE_FAULT"
 def fault_point(where: str, step) -> None:
     """Test hook at the loops' kill points (`train:STEP` before a step, `pretrain:STEP`,
     `checkpoint:STEP` halfway through writing a checkpoint, `reproduce:RUN` before a run of the
-    comparison, `sweep:CELL` between a sweep cell's training and its evaluation): with MITIGATE_FAULT=WHERE:STEP in the environment the process kills itself with
-    SIGKILL there, so no cleanup runs, as when a job is preempted. Tests may also replace it."""
+    comparison, `sweep:CELL` between a sweep cell's training and its evaluation): with
+    MITIGATE_FAULT=WHERE:STEP in the environment the process kills itself with SIGKILL there, so no
+    cleanup runs, as when a job is preempted. Tests may also replace it."""
     spec = os.environ.get(FAULT_ENV)
     if spec and spec == f"{where}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)

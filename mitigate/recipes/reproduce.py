@@ -22,6 +22,7 @@ from mitigate.budget import Budget
 from mitigate.core import resume as checkpointing
 from mitigate.core.io import plan_run, read_json, resumable_run, versions, write_json, write_meta
 from mitigate.core.seeding import device_for, torch_stream
+from mitigate.core.tracking import parse_report_to
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import frontier_gaps, summarize
 from mitigate.objectives import OBJECTIVES
@@ -84,16 +85,18 @@ def interpolated(base_policy, trained_policy, alpha: float):
 
 
 def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bool = False,
-              base: str | Path | None = None, resume: bool = False) -> Path:
+              base: str | Path | None = None, resume: bool = False, report_to: str = "none") -> Path:
     """`base`: reuse this pretrained base (run or checkpoint folder) instead of pretraining one,
     e.g. for ablation sweeps that share the main comparison's base model. `resume`: continue the
     unfinished comparison in `OUT.partial`: finished runs and evaluations are reused, a
     half-finished training run continues from its last checkpoint; the summary is bit-identical
-    to an uninterrupted run's."""
+    to an uninterrupted run's. `report_to`: experiment trackers of every pretraining and training
+    run (`mitigate.core.tracking`)."""
     # ---- validate everything before any work
     out = Path(out)
     methods = list(cfg.reproduce.methods)
     check_methods(cfg)
+    parse_report_to(report_to)
     plan = plan_run(out, overwrite, inputs=[base] if base else [], resume=resume)
     if plan.status == "complete":
         return finished_run(out, cfg, quiet)
@@ -123,7 +126,7 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
         if base is None:
             bar.set_postfix_str("pretrain base")
             checkpointing.fault_point("reproduce", "base")
-            base_ckpt = pretrain(cfg, tmp / "base", quiet=True, resume=True) / "checkpoint"
+            base_ckpt = pretrain(cfg, tmp / "base", quiet=True, resume=True, report_to=report_to) / "checkpoint"
             base_policy, _ = load_policy(base_ckpt, device)
         rows, bias, folders = {}, None, {}
         if "base" in methods:  # a sweep on a shared base may leave it out of its table
@@ -142,7 +145,8 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
                 bar.set_postfix_str(f"{m} seed {s}")
                 checkpointing.fault_point("reproduce", f"{m}-seed{s}")
                 mcfg = C.with_overrides(method_cfgs[m], {"seed": s})
-                run = train(mcfg, base_ckpt, tmp / f"{m}-seed{s}", quiet=True, method=m, resume=True)
+                run = train(mcfg, base_ckpt, tmp / f"{m}-seed{s}", quiet=True, method=m, resume=True,
+                            report_to=report_to)
                 folders[m].append(run)
                 trained = Lazy(lambda run=run: load_policy(run, device)[0])
                 rows[m][s] = evaluate_and_record(trained, task, cfg.eval, s, run, quiet)

@@ -40,6 +40,7 @@ from mitigate.budget import Budget
 from mitigate.core.io import MARKER, OutputError, check_not_input, check_output, write_json, write_text
 from mitigate.core.resume import fault_point
 from mitigate.core.seeding import device_for
+from mitigate.core.tracking import parse_report_to
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import summarize
 from mitigate.policies import load_policy, resolve_checkpoint
@@ -202,12 +203,13 @@ class Sweep:
         return [c for c in self.cells if cell_state(out / c, self.cell_cfgs[c]) != "done"]
 
 
-def _job(cfg_dict: dict, base_ckpt: str, folder: str, method: str, eval_dict: dict, seed: int) -> str:
+def _job(cfg_dict: dict, base_ckpt: str, folder: str, method: str, eval_dict: dict, seed: int,
+         report_to: str = "none") -> str:
     """Train one cell and evaluate it (in a worker process or in this one)."""
     cfg = C.from_dict(cfg_dict)
     folder = Path(folder)
     exists = folder.exists() or folder.with_name(folder.name + ".partial").exists()
-    run = train(cfg, base_ckpt, folder, overwrite=exists, quiet=True, method=method)
+    run = train(cfg, base_ckpt, folder, overwrite=exists, quiet=True, method=method, report_to=report_to)
     fault_point("sweep", folder.name)  # test hook: killed between a cell's training and its evaluation
     eval_cfg = C.build(C.EvalConfig, eval_dict)
     policy, _ = load_policy(run, device_for(cfg.device))
@@ -225,14 +227,15 @@ def _init_worker(imports: list[str], threads: int) -> None:
 
 def sweep(cfg: C.Config, out: str | Path, base: str | Path | None = None, jobs: int | None = None,
           overwrite: bool = False, quiet: bool = False, only: list[str] | None = None, imports: list[str] = (),
-          config_path: str = "") -> dict:
+          config_path: str = "", report_to: str = "none") -> dict:
     """Run the missing cells of the sweep (all, or those named in `only`), then, once every cell is
     done, write summary.json and summary.md. Returns {"trained": [...], "skipped": [...],
     "summary": path or None}. `jobs`: worker processes (default: one per core), each cell on one
-    torch thread; 1 runs the cells in this process."""
+    torch thread; 1 runs the cells in this process. `report_to`: experiment trackers of every run."""
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
         raise C.ConfigError(f"--jobs must be at least 1, got {jobs}")
+    parse_report_to(report_to)
     sw = Sweep(cfg, out, base, config_path)
     unknown = [c for c in only or [] if c not in [*sw.cells, BASE]]
     if unknown:
@@ -253,7 +256,7 @@ def sweep(cfg: C.Config, out: str | Path, base: str | Path | None = None, jobs: 
     write_text(out / "config.yaml", C.dump(cfg))
     if not base_ready and (only is None or BASE in only):
         leftover = (out / BASE).exists() or (out / f"{BASE}.partial").exists()  # a killed pretraining: redo it
-        pretrain(cfg, out / BASE, overwrite=leftover, quiet=quiet)
+        pretrain(cfg, out / BASE, overwrite=leftover, quiet=quiet, report_to=report_to)
     if BASE in sw.settings and (only is None or BASE in only) and (sw.base_eval_stale or
                                                                      cell_state(out / BASE) != "done"):
         policy, _ = load_policy(sw.base_ckpt, device_for(cfg.device))
@@ -261,7 +264,7 @@ def sweep(cfg: C.Config, out: str | Path, base: str | Path | None = None, jobs: 
         if sw.base_given:
             write_json(out / BASE / "base.json", {"checkpoint": str(sw.base_ckpt)})
     skipped = [c for c in sw.cells if c not in todo and (only is None or c in only)]
-    run_cells(sw, todo, jobs, quiet, list(imports))
+    run_cells(sw, todo, jobs, quiet, list(imports), report_to)
     result = {"trained": todo, "skipped": skipped, "summary": None}
     if all(cell_state(out / c, sw.cell_cfgs[c]) == "done" for c in sw.cells) and \
             (BASE not in sw.settings or cell_state(out / BASE) == "done"):
@@ -270,11 +273,11 @@ def sweep(cfg: C.Config, out: str | Path, base: str | Path | None = None, jobs: 
     return result
 
 
-def run_cells(sw: Sweep, todo: list[str], jobs: int, quiet: bool, imports: list[str]) -> None:
+def run_cells(sw: Sweep, todo: list[str], jobs: int, quiet: bool, imports: list[str], report_to: str = "none") -> None:
     if not todo:
         return
     args = {c: (C.to_dict(sw.cell_cfgs[c]), str(sw.base_ckpt), str(sw.out / c), sw.cells[c][0],
-                C.to_dict(sw.cfg.eval), sw.cells[c][1]) for c in todo}
+                C.to_dict(sw.cfg.eval), sw.cells[c][1], report_to) for c in todo}
     bar = tqdm(total=len(todo), desc="sweep", unit="cell", disable=quiet, dynamic_ncols=True)
     try:
         if jobs == 1 or len(todo) == 1:

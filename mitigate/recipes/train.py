@@ -35,6 +35,7 @@ from mitigate.core.io import (
     write_meta,
 )
 from mitigate.core.seeding import device_for, numpy_stream, torch_stream
+from mitigate.core.tracking import Trackers, parse_report_to
 from mitigate.metrics import pass_at_k
 from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
 from mitigate.objectives.base import make_term
@@ -67,7 +68,7 @@ def probe(policy, task, cfg: C.Config, generator: torch.Generator) -> dict:
 
 
 def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = False, quiet: bool = False,
-          method: str | None = None, resume: bool = False) -> Path:
+          method: str | None = None, resume: bool = False, report_to: str = "none") -> Path:
     """Post-train from the checkpoint `init` into the run folder `out`. `resume`: continue the
     unfinished run in `OUT.partial` from its last checkpoint (a finished `out` with this config is
     returned as it is)."""
@@ -123,11 +124,12 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                 "prompt_order": hashlib.sha256(order.tobytes()).hexdigest()}
     term_names = {"objective": "objective", **{f"regularizers[{i}]": r.name for i, (_, r) in enumerate(regularizers)}}
 
+    parse_report_to(report_to)  # an unknown or uninstalled tracker is refused before any work
     folder = resumable_run(plan) if main else _NullFolder(partial_path(out))
-    with folder as tmp:
+    with folder as tmp, Trackers(report_to if main else "none", tmp, Path(out).name, C.to_dict(cfg)) as trackers:
         accelerator.wait_for_everyone()
         ckpts = checkpointing.Checkpoints(tmp, rank, world, accelerator.wait_for_everyone)
-        log = MetricsLog(tmp / "metrics.jsonl")
+        log = MetricsLog(tmp / "metrics.jsonl", mirror=trackers.log)
         latest = ckpts.latest() if resume else None
         start, elapsed = 0, 0.0
         if latest is not None:  # ---- resume: check the run is this one, then restore every piece of state

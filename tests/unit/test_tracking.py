@@ -70,3 +70,26 @@ def test_cli_refuses_an_unknown_tracker_before_any_work(tmp_path, capsys):
     assert main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "b"), "--report-to", "tensorbord"]) == 2
     assert "unknown tracker 'tensorbord'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_reports_every_metrics_row(smoke_cfg, smoke_base, tmp_path):
+    from mitigate import config as C
+    from mitigate.recipes.train import train
+
+    cfg = C.with_overrides(smoke_cfg, {"train.steps": 2, "train.objective": {"name": "sdsd"}})
+    out = train(cfg, smoke_base, tmp_path / "sdsd", quiet=True, report_to="tensorboard")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    got = scalars_in(out / "trackers" / "sdsd")
+    assert [s for s, _ in got["reward"]] == [r["step"] for r in rows if "reward" in r] == [1, 2]
+    assert [v for _, v in got["kl_base"]] == pytest.approx([r["kl_base"] for r in rows if "kl_base" in r], rel=1e-6)
+    assert [s for s, _ in got["probe_pass_at_1"]] == [r["step"] for r in rows if "probe_pass_at_1" in r]
+
+
+def test_sweep_commands_carry_report_to(tmp_path, capsys):
+    from mitigate.cli import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("preset: smoke\nreproduce: {seeds: [0], methods: [grpo]}\n")
+    assert main(["sweep", str(grid), "--out", str(tmp_path / "s"), "--print-commands", "--report-to", "tensorboard"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("mitigate")]
+    assert lines and all("--report-to tensorboard" in ln for ln in lines)
