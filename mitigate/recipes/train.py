@@ -175,20 +175,20 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
             r = generate(student, train_task, prompts, G, tc.temperature, rollout_gen, cfg.eval.batch_size)
             tokens, mask = r.tokens.to(dev), r.mask.float().to(dev)
             correct = torch.as_tensor(r.correct, device=dev)
-            # ---- scores fixed for the step: the sampling policy's token log-probs, the reference's
-            # scores (a stop-gradient target). Nothing here or below is [B, T, V] unless the policy's
-            # own `Scores` are (`mitigate.policies.base`).
+            # ---- scores fixed for the step: the reference's scores (a stop-gradient target). Nothing
+            # here or below is [B, T, V] unless the policy's own `Scores` are (`mitigate.policies.base`).
             with torch.no_grad():
-                old = student.token_logprobs(r.contexts, tokens, mask)
                 ref = scores_of(reference, r.contexts, tokens, mask)
             # ---- objective + KL anchor + regularizers, `inner_epochs` optimizer passes
-            skipped = None
+            skipped, old = None, None
             for _ in range(tc.inner_epochs):
+                scores = student.scores(r.contexts, tokens, mask)
+                if old is None:  # the sampling policy's token log-probs: the first pass's, before any update
+                    old = scores.token_logprobs().detach()
                 batch = Batch(prompts=prompts, group_index=r.group_index.to(dev), contexts=r.contexts,
                               tokens=tokens, mask=mask, rewards=correct.float(), correct=correct,
                               labels=torch.as_tensor(r.labels, device=dev),
-                              scores=student.scores(r.contexts, tokens, mask), old_token_logprobs=old,
-                              reference=ref)
+                              scores=scores, old_token_logprobs=old, reference=ref)
                 loss, scalars = objective(batch, ctx, tc.objective)
                 values = {f"{term_names['objective']} ({tc.objective.name})": float(loss.detach())}
                 kl_base = None  # logged: the student's full-vocabulary KL to the reference, before the update
