@@ -187,6 +187,9 @@ def _err(v: float, ci: list[float]) -> list[list[float]]:
     return [[max(v - ci[0], 0.0)], [max(ci[1] - v, 0.0)]]
 
 
+LABELLED_POINTS = 6  # the Pareto plot labels up to this many points beside their markers
+
+
 @styled
 def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = None) -> list[Path] | None:
     """ID pass@1 (x) against pass@k_max on the first OOD split (y), 95% intervals as error bars,
@@ -198,7 +201,10 @@ def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = N
     split, names = splits[0], method_order(summary, order)
     k_id = min(next(iter(summary["methods"].values()))["id"]["pass_at_k"], key=int)
     k_ood = max((k for m in summary["methods"].values() for k in (_block(m, split)[0] or {})), key=int)
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.9), layout="constrained")
+    n_points = sum(1 for m in summary["methods"].values() if k_ood in (_block(m, split)[0] or {}))
+    crowded = n_points > LABELLED_POINTS  # past this, labels beside points collide: a legend below instead
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.9 + (0.14 * ((n_points + 2) // 2) if crowded else 0)),
+                           layout="constrained")
     points, labels = [], []
     for name, m in summary["methods"].items():
         (pk_id, ci_id), (pk_ood, ci_ood) = _block(m, None), _block(m, split)
@@ -218,13 +224,16 @@ def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = N
                if k_ood in c["ood"].get(split, {}).get("pass_at_k", {})]
         if len(pts) > 1:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, "-", color=method_style(curve_name, names)["color"], lw=1.0, alpha=0.6, zorder=0,
-                    label=f"{curve_name} weaker updates")
+            ax.plot(xs, ys, ":", color=method_style(curve_name, names)["color"], lw=1.2, alpha=0.8, zorder=0,
+                    label=f"{curve_name}, weaker updates")
     ax.set_xlabel(f"ID pass@{k_id}")
     ax.set_ylabel(f"OOD {split} pass@{k_ood}")
     ax.set_title(textwrap.fill(f"ID pass@{k_id} vs. OOD {split} pass@{k_ood} (95% intervals)", 55))
     ax.margins(0.15)
-    _place_labels(ax, points, labels)
+    if crowded:
+        legend_below(fig, ncol=2)
+    else:
+        _place_labels(ax, points, labels)
     return save(fig, path)
 
 
