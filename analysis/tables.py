@@ -441,11 +441,18 @@ def tables_for(summary: dict, interval: str = "ci", order: Sequence[str] | None 
     div = diversity_columns(summary)
     if div:
         out.append(value_table(summary, "main-diversity", "Diversity among correct ID samples. " + common, div, order))
+    # a column saturated for every method (all intervals above 0.99) has no difference worth a
+    # column, and its rounding-level "significant" differences would only mislead
+    saturated = set(summary.get("not_ranked_saturated", []))
+    paired_acc = [c for c in accuracy_columns(summary) if f"{c[0]} {c[1]}" not in saturated]
+    dropped = [f"{c[0]} {c[1]}" for c in accuracy_columns(summary) if c not in paired_acc]
+    note = f" Omitted as saturated for every method: {latex_escape(', '.join(dropped))}." if dropped else ""
     for ref in ("grpo", "sdsd"):
-        for part, cols in (("accuracy", accuracy_columns(summary)), ("diversity", div)):
+        for part, cols in (("accuracy", paired_acc), ("diversity", div)):
             t = cols and paired_table(summary, ref, f"paired-{ref}-{part}",
                                       f"Paired differences, method minus {ref} ({part}): same prompts, crossed "
-                                      "bootstrap; $^{*}$ = the 95\\% interval excludes zero.", cols, order)
+                                      "bootstrap; $^{*}$ = the 95\\% interval excludes zero."
+                                      + (note if part == "accuracy" else ""), cols, order)
             if t:
                 out.append(t)
     for t in (ranking_table(summary), tradeoff_table(summary), budget_table(summary, order), sweep_table(summary)):

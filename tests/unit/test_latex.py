@@ -190,3 +190,14 @@ def test_sweep_table_lists_the_varying_parameters(smoke_summary):
     rows = data_rows(tex)
     assert rows[1][:3] == ["sdsd\\_entropy", "entropy", "0.003"] and rows[0][1] == "--"
     assert "x\\_y.yaml" in tex and "$\\pm$" in tex
+
+
+def test_paired_tables_leave_out_columns_saturated_for_every_method(smoke_summary):
+    saturated = smoke_summary["not_ranked_saturated"]
+    assert saturated  # the smoke summary has some (n = 8: pass@8 is 1.000 for every method)
+    tables = {t.name: t for t in T.tables_for(smoke_summary)}
+    main = [f"{c.group} {c.header.split(' ')[0]}" for c in tables["main-accuracy"].columns[2:]]
+    paired = [f"{c.group} {c.header.split(' ')[0]}" for c in tables["paired-grpo-accuracy"].columns[1:]]
+    assert set(saturated) <= set(main)  # the main table still shows the saturation
+    assert not set(saturated) & set(paired) and paired
+    assert all(T.latex_escape(s) in tables["paired-sdsd-accuracy"].caption for s in saturated)
