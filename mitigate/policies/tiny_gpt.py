@@ -7,6 +7,7 @@ model's own config, so a checkpoint loads without its task."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,6 +114,11 @@ def sample(model, contexts: list[list[int]], max_new_tokens: int, temperature: f
     return Samples(tokens=tokens, mask=mask, token_entropy=torch.cat(ents))
 
 
+# transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns on every
+# call); older releases only know `past_key_values`.
+CACHE_ARG = "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
+
+
 def _sample_batch(model, contexts, max_new_tokens, temperature, generator, device, pad, eos):
     # Callers repeat each context (GRPO groups, n samples per prompt), so the prompt runs through
     # the model once per distinct context; rows sharing it get a copy of its KV cache and logits.
@@ -120,7 +126,7 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
     rows = torch.tensor([first.setdefault(tuple(c), len(first)) for c in contexts], device=device)
     u_ids, u_mask = left_pad(list(first), device, pad)
     cache = DynamicCache()
-    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions(u_mask), past_key_values=cache,
+    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions(u_mask), **{CACHE_ARG: cache},
                 use_cache=True, logits_to_keep=1)
     if len(first) < len(rows):
         cache.batch_select_indices(rows)
@@ -145,7 +151,7 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
             break
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], 1)
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
+                    **{CACHE_ARG: cache}, use_cache=True)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     return generated.cpu(), (ent_sum / n_tok.clamp(min=1)).cpu()
