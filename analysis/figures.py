@@ -417,7 +417,9 @@ def plot_sweep(summary: dict, path: str | Path, order: Sequence[str] | None = No
                 ci = [_at(summary["methods"][n]["ci95"], mpath) for n in g]
                 err = [[max(v - c[0], 0.0) for v, c in zip(y, ci)], [max(c[1] - v, 0.0) for v, c in zip(y, ci)]]
                 rest = {k: v for k, v in varying[g[0]].items() if k != param}
-                name = ", ".join(f"{k.removeprefix('train.')}={v}" for k, v in rest.items()) or "settings"
+                # fields a setting's objective lacks are None: they say nothing about the group
+                name = ", ".join(f"{k.removeprefix('train.')}={v}" for k, v in rest.items()
+                                 if v is not None) or "settings"
                 ax.plot(x, y, color="0.45", ls=GROUP_LINES[gi % len(GROUP_LINES)], lw=0.9, zorder=1,
                         label=textwrap.fill(name, 45))
                 for xi, yi, lo, hi, n in zip(x, y, *err, g):  # each setting in its method colour

@@ -226,8 +226,10 @@ def draw_figures(folder: Path, summary: dict | None, theory: dict | None, out: P
 
 def figure_tex(kind: str, pdf: Path, wide: bool, summary: dict | None = None) -> str:
     env = "figure*" if wide else "figure"
+    has_base = "base" in (summary or {}).get("methods", {})
     caption = FIGURE_CAPTIONS.get(kind) or (
-        f"Sweep: metric against {T.latex_escape(pdf.stem.split('-sweep_')[-1])} (95\\% intervals); dashed: the base.")
+        f"Sweep: metric against {T.latex_escape(pdf.stem.split('-sweep_')[-1])} (95\\% intervals)"
+        + ("; dashed: the base." if has_base else "."))
     if kind == "pareto" and not (summary or {}).get("tradeoff"):
         caption = "ID pass@1 against OOD pass@k of the first OOD split (95\\% intervals)."
     label = T.slug(pdf.stem)

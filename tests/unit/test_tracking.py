@@ -90,6 +90,7 @@ def test_sweep_commands_carry_report_to(tmp_path, capsys):
 
     grid = tmp_path / "grid.yaml"
     grid.write_text("preset: smoke\nreproduce: {seeds: [0], methods: [grpo]}\n")
-    assert main(["sweep", str(grid), "--out", str(tmp_path / "s"), "--print-commands", "--report-to", "tensorboard"]) == 0
+    argv = ["sweep", str(grid), "--out", str(tmp_path / "s"), "--print-commands", "--report-to", "tensorboard"]
+    assert main(argv) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("mitigate")]
     assert lines and all("--report-to tensorboard" in ln for ln in lines)
