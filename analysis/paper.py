@@ -171,10 +171,15 @@ def methods_tex(folder: Path, summary: dict, slug: str, heading: str | None) -> 
     sweep = summary.get("sweep")
     if sweep:
         parts.append(f"\\paragraph{{Sweep.}} {len(sweep['settings'])} settings of "
-                     f"\\texttt{{{T.latex_escape(sweep.get('config', ''))}}} $\\times$ {len(sweep['seeds'])} seeds "
+                     f"\\texttt{{{breakable_path(sweep.get('config', ''))}}} $\\times$ {len(sweep['seeds'])} seeds "
                      f"(Table~\\ref{{tab:{slug}-sweep}}).")
     parts.append(f"\\input{{tables/{slug}-settings}}" if summary.get("budget", {}).get("objectives") else "")
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def breakable_path(path: str) -> str:
+    """A path escaped for LaTeX that may break after each slash (long config paths in a column)."""
+    return T.latex_escape(path).replace("/", "/\\allowbreak{}")
 
 
 FIGURE_CAPTIONS = {
