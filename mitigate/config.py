@@ -92,6 +92,9 @@ class TrainConfig(Section):
     temperature: float = opt(1.0, "sampling temperature of rollouts", min=1e-3)
     eval_every: int = opt(20, "steps between probe evaluations (pass@1, concepts) in metrics.jsonl", min=1)
     probe_prompts: int = opt(32, "ID validation prompts in the periodic probe", min=1)
+    keep: str = opt("last", "weights the run's checkpoint holds: the last step's, or the probed step's with the best "
+                            "ID-validation pass@1 (early stopping; every step still runs and counts in the budget)",
+                    choices=("last", "best_probe"))
     probe_samples: int = opt(16, "samples per probe prompt", min=1)
     save_every: int = opt(20, "steps between resume checkpoints in OUT.partial (0: none; see --resume)", min=0)
     on_nonfinite: str = opt("stop", "a non-finite loss or gradient: stop the run (exit 3, last checkpoint kept) or "

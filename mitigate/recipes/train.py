@@ -11,6 +11,8 @@ good checkpoint kept) or, with `train.on_nonfinite: skip`, drops that step's upd
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,8 @@ from mitigate.recipes.common import checkpoint_record, finished_run, init_digest
 from mitigate.regularizers import REGULARIZERS
 from mitigate.rollout import generate
 from mitigate.tasks import make_task
+
+BEST_FOLDER = "best_probe"  # train.keep: best_probe: the best-probed weights so far, in the work folder
 
 
 def prompt_order(n: int, steps: int, per_step: int, seed: int) -> np.ndarray:
@@ -132,6 +136,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
         log = MetricsLog(tmp / "metrics.jsonl", mirror=trackers.log)
         latest = ckpts.latest() if resume else None
         start, elapsed = 0, 0.0
+        best = (None, 0)  # (probe pass@1, step) of the weights in BEST_FOLDER (train.keep: best_probe)
         if latest is not None:  # ---- resume: check the run is this one, then restore every piece of state
             restored = ckpts.load(latest)
             checkpointing.check_same_run(restored.state, identity, tmp)
@@ -142,6 +147,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
             for k, v in restored.rank_record["budget"].items():
                 setattr(budget, k, v)
             start, elapsed = restored.step, float(restored.state["elapsed_seconds"])
+            best = tuple(restored.state.get("best_probe", best))
             if main:
                 log.truncate(restored.state["metrics_bytes"], restored.state["metrics_sha256"])
                 note_resume(tmp, start)
@@ -155,7 +161,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
             check_weights(policy.model, step, "train", ckpts.describe_latest(), "train.on_nonfinite")
             rng_tensors, rng_record = checkpointing.rng_state(streams)
             term_tensors, term_record = checkpointing.term_state(terms, pool)
-            record = {**identity, "elapsed_seconds": time.time() - t0}
+            record = {**identity, "elapsed_seconds": time.time() - t0, "best_probe": list(best)}
             if main:
                 record.update(metrics_bytes=log.size(), metrics_sha256=log.digest())
             ckpts.save(step, record, modules, opt, {**rng_tensors, **term_tensors},
@@ -247,6 +253,9 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                     row.update(skipped=True, nonfinite=skipped)
                 if step % tc.eval_every == 0 or step == tc.steps:
                     row.update(probe(policy, task, cfg, probe_gen))
+                    if tc.keep == "best_probe" and (best[0] is None or row["probe_pass_at_1"] > best[0]):
+                        best = (row["probe_pass_at_1"], step)
+                        policy.save(tmp / BEST_FOLDER, checkpoint_record(cfg, method, policy))
                 log.log(row)
                 bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_base']:.3f}")
             if tc.save_every and step % tc.save_every == 0 and step < tc.steps:
@@ -257,7 +266,12 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
         if main:
             budget.wall_seconds = round(time.time() - t0, 2)
             write_json(tmp / "budget.json", {**budget.to_dict(), "processes": world})
-            policy.save(tmp / "checkpoint", checkpoint_record(cfg, method, policy))
+            if tc.keep == "best_probe" and (tmp / BEST_FOLDER).is_dir():
+                shutil.rmtree(tmp / "checkpoint", ignore_errors=True)
+                os.replace(tmp / BEST_FOLDER, tmp / "checkpoint")
+                write_json(tmp / "kept.json", {"keep": tc.keep, "step": best[1], "probe_pass_at_1": best[0]})
+            else:
+                policy.save(tmp / "checkpoint", checkpoint_record(cfg, method, policy))
     accelerator.wait_for_everyone()
     return Path(out)
 
