@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -267,7 +266,6 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
             budget.wall_seconds = round(time.time() - t0, 2)
             write_json(tmp / "budget.json", {**budget.to_dict(), "processes": world})
             if tc.keep == "best_probe" and (tmp / BEST_FOLDER).is_dir():
-                shutil.rmtree(tmp / "checkpoint", ignore_errors=True)
                 os.replace(tmp / BEST_FOLDER, tmp / "checkpoint")
                 write_json(tmp / "kept.json", {"keep": tc.keep, "step": best[1], "probe_pass_at_1": best[0]})
             else:
