@@ -88,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
     _common(p, out_help="output folder")
     _resumable(p)
     p.add_argument("--base", help="reuse this pretrained base run instead of pretraining (ablation sweeps)")
+    p.add_argument("--jobs", type=int, help="worker processes for the method x seed runs (default: one per core "
+                                            "on the CPU, 1 on a GPU); one torch thread each, so results do not "
+                                            "depend on it")
 
     p = sub.add_parser("sweep", help="settings x seeds of one config in a local process pool, resumable "
                                      "-> one run folder per cell, summary.json, summary.md")
@@ -197,7 +200,7 @@ def _dispatch(args) -> int:
         print(f"ID pass@1 {pk['1']:.3f}  pass@{max(pk, key=int)} {pk[max(pk, key=int)]:.3f} -> {args.out}")
     elif args.command == "reproduce":
         out = mitigate.reproduce(_load(args), Path(args.out), args.overwrite, args.quiet, base=args.base,
-                                 resume=args.resume, report_to=args.report_to)
+                                 resume=args.resume, report_to=args.report_to, jobs=args.jobs, imports=args.imports)
         print(f"summary written to {out / 'summary.md'}")
     elif args.command == "sweep":
         from mitigate.recipes import sweep as S

@@ -5,14 +5,41 @@ input checkpoint, `note_resume` for the run's provenance."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from mitigate import config as C
+from mitigate import plugins
 from mitigate.core.io import InputError, read_json, sha256_file, write_json
 from mitigate.core.resume import RESUME_MUTABLE, ResumeError, differences
+
+# One torch thread per training run, in this process or a worker: a run's numbers then do not
+# depend on --jobs or on the machine's core count (CPU float reductions change with the thread count).
+CELL_THREADS = 1
+
+
+def default_jobs(jobs: int | None, device: str) -> int:
+    """`--jobs` of reproduce and sweep: given, or one worker per core on the CPU (one process on an
+    accelerator, which the runs would otherwise share)."""
+    if jobs is None:
+        return (os.cpu_count() or 1) if device == "cpu" else 1
+    if jobs < 1:
+        raise C.ConfigError(f"--jobs must be at least 1 (worker processes), got {jobs}")
+    return jobs
+
+
+def init_worker(imports: list[str], threads: int) -> None:
+    """A spawned worker of reproduce or sweep: quiet offline libraries, the pinned thread count, and
+    the user's registrations (`--import`) that its runs may name."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(threads)
+    for spec in imports:
+        plugins.import_plugin(spec)
 
 
 def checkpoint_record(cfg: C.Config, method: str, policy) -> dict:

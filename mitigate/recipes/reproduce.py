@@ -10,7 +10,10 @@ comparisons calls `reproduce(..., resume=True)` per point."""
 from __future__ import annotations
 
 import json
+import sys
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,16 @@ from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import frontier_gaps, summarize
 from mitigate.objectives import OBJECTIVES
 from mitigate.policies import load_policy, resolve_checkpoint
-from mitigate.recipes.common import check_same_config, finished_run, note_resume, run_record, same_task
+from mitigate.recipes.common import (
+    CELL_THREADS,
+    check_same_config,
+    default_jobs,
+    finished_run,
+    init_worker,
+    note_resume,
+    run_record,
+    same_task,
+)
 from mitigate.recipes.evaluate import (
     demonstration_bias,
     eval_record,
@@ -85,17 +97,31 @@ def interpolated(base_policy, trained_policy, alpha: float):
 
 
 def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bool = False,
-              base: str | Path | None = None, resume: bool = False, report_to: str = "none") -> Path:
+              base: str | Path | None = None, resume: bool = False, report_to: str = "none", jobs: int | None = 1,
+              imports: list[str] = ()) -> Path:
     """`base`: reuse this pretrained base (run or checkpoint folder) instead of pretraining one,
     e.g. for ablation sweeps that share the main comparison's base model. `resume`: continue the
     unfinished comparison in `OUT.partial`: finished runs and evaluations are reused, a
     half-finished training run continues from its last checkpoint; the summary is bit-identical
     to an uninterrupted run's. `report_to`: experiment trackers of every pretraining and training
-    run (`mitigate.core.tracking`)."""
+    run (`mitigate.core.tracking`). `jobs`: worker processes for the method x seed runs (the CLI's
+    default: one per core); every run, here or in a worker, uses one torch thread, so the numbers
+    do not depend on `jobs`. `imports`: the `--import` registrations the workers load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CELL_THREADS)
+    try:
+        return _reproduce(cfg, out, overwrite, quiet, base, resume, report_to, jobs, imports)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: bool, report_to: str,
+               jobs: int | None, imports) -> Path:
     # ---- validate everything before any work
     out = Path(out)
     methods = list(cfg.reproduce.methods)
     check_methods(cfg)
+    jobs = default_jobs(jobs, device_for(cfg.device).type)
     parse_report_to(report_to)
     plan = plan_run(out, overwrite, inputs=[base] if base else [], resume=resume)
     if plan.status == "complete":
@@ -135,27 +161,28 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
             bias = demonstration_bias(base_policy, task, prompts, n=cfg.reproduce.demo_bias_samples,
                                       seed=cfg.seed, batch_size=cfg.eval.batch_size, quiet=True)
         bar.update(1)
-        # ---- every method x seed: train from the base, evaluate on the same prompts; the
+        # ---- every method x seed (a "cell"): train from the base, evaluate on the same prompts; the
         # trade-off methods also at weaker updates (weights interpolated with the base). With
         # `resume`, a finished run is reused (`train` returns it) and so is a finished evaluation.
         curves = {m: [] for m in cfg.reproduce.tradeoff_methods if m in train_methods and "base" in methods}
+        # the trade-off methods (three more evaluations each) first, so no worker is left with them at the end
+        cells = sorted(((m, s) for m in train_methods for s in seeds), key=lambda c: c[0] not in curves)
+        cell_args = {(m, s): (C.to_dict(C.with_overrides(method_cfgs[m], {"seed": s})), str(base_ckpt),
+                              str(tmp / f"{m}-seed{s}"), m, C.to_dict(cfg.eval), s,
+                              list(cfg.reproduce.interpolation) if m in curves else [], report_to)
+                     for m, s in cells}
+        if jobs > 1:  # every cell in a worker; the loop below then reads back what they wrote
+            run_in_pool(cell_args, jobs, imports, bar)
         for m in train_methods:
             rows[m], folders[m] = {}, []
             for s in seeds:
                 bar.set_postfix_str(f"{m} seed {s}")
-                checkpointing.fault_point("reproduce", f"{m}-seed{s}")
-                mcfg = C.with_overrides(method_cfgs[m], {"seed": s})
-                run = train(mcfg, base_ckpt, tmp / f"{m}-seed{s}", quiet=True, method=m, resume=True,
-                            report_to=report_to)
+                run, rows[m][s], points = run_cell(*cell_args[m, s], base_policy=base_policy, quiet=quiet)
                 folders[m].append(run)
-                trained = Lazy(lambda run=run: load_policy(run, device)[0])
-                rows[m][s] = evaluate_and_record(trained, task, cfg.eval, s, run, quiet)
-                for a in cfg.reproduce.interpolation if m in curves else ():
-                    point = f"{m}@{a:g}"
-                    rows.setdefault(point, {})[s] = evaluate_and_record(
-                        Lazy(lambda a=a, trained=trained: interpolated(base_policy, trained(), a)), task, cfg.eval,
-                        s, run / f"interpolated-{a:g}", quiet)
-                bar.update(1)
+                for point, point_rows in points.items():
+                    rows.setdefault(point, {})[s] = point_rows
+                if jobs == 1:
+                    bar.update(1)
         bar.close()
         # ---- summary.json and summary.md
         summary_rows, replicates = summarize(rows, cfg.reproduce.paired_against, cfg.reproduce.n_boot, cfg.seed)
@@ -178,6 +205,52 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
         write_json(tmp / "summary.json", summary)
         write_report(summary, tmp)
     return out
+
+
+def run_cell(cfg_dict: dict, base_ckpt: str, folder: str, method: str, eval_dict: dict, seed: int,
+             alphas: list[float], report_to: str, base_policy=None, quiet: bool = True):
+    """Train one method with one seed from the base (or reuse the finished run), evaluate it, and
+    evaluate its weaker updates at `alphas` (weights interpolated with the base). Returns (run
+    folder, its eval rows, {"METHOD@ALPHA": rows}). Plain arguments: a worker process runs it too."""
+    cfg, eval_cfg, folder = C.from_dict(cfg_dict), C.build(C.EvalConfig, eval_dict), Path(folder)
+    device = device_for(cfg.device)
+    checkpointing.fault_point("reproduce", folder.name)
+    run = train(cfg, base_ckpt, folder, quiet=True, method=method, resume=True, report_to=report_to)
+    task = make_task(cfg.task)
+    trained = Lazy(lambda: load_policy(run, device)[0])
+    base = Lazy(lambda: base_policy if base_policy is not None else load_policy(Path(base_ckpt), device)[0])
+    rows = evaluate_and_record(trained, task, eval_cfg, seed, run, quiet)
+    points = {f"{method}@{a:g}": evaluate_and_record(Lazy(lambda a=a: interpolated(base(), trained(), a)), task,
+                                                     eval_cfg, seed, run / f"interpolated-{a:g}", quiet)
+              for a in alphas}
+    return run, rows, points
+
+
+def _cell_job(*args) -> str:
+    run_cell(*args)
+    return Path(args[2]).name
+
+
+def run_in_pool(cell_args: dict, jobs: int, imports: list[str], bar) -> None:
+    """Every cell in a pool of spawned workers, one torch thread each (`CELL_THREADS`, as in this
+    process: the numbers do not depend on `jobs`). A failed cell stops the pool; the finished cells
+    stay in OUT.partial for `--resume`."""
+    with ProcessPoolExecutor(max_workers=min(jobs, len(cell_args)), mp_context=get_context("spawn"),
+                             initializer=init_worker, initargs=(list(imports), CELL_THREADS)) as pool:
+        futures = {pool.submit(_cell_job, *args): cell for cell, args in cell_args.items()}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    for p in pending:
+                        p.cancel()
+                    m, s = futures[f]
+                    print(f"mitigate reproduce: {m} seed {s} failed; the finished runs are kept, run the same "
+                          "command with --resume to finish the rest", file=sys.stderr)
+                    raise f.exception()
+                bar.set_postfix_str(f.result())
+                bar.update(1)
 
 
 def check_methods(cfg: C.Config) -> None:

@@ -35,7 +35,6 @@ import yaml
 from tqdm.auto import tqdm
 
 from mitigate import config as C
-from mitigate import plugins
 from mitigate.budget import Budget
 from mitigate.core.io import MARKER, OutputError, check_not_input, check_output, write_json, write_text
 from mitigate.core.resume import fault_point
@@ -44,7 +43,7 @@ from mitigate.core.tracking import parse_report_to
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import summarize
 from mitigate.policies import load_policy, resolve_checkpoint
-from mitigate.recipes.common import same_task
+from mitigate.recipes.common import CELL_THREADS, default_jobs, init_worker, same_task
 from mitigate.recipes.evaluate import rows_from_record
 from mitigate.recipes.pretrain import pretrain
 from mitigate.recipes.reproduce import budget, evaluate_and_record, mean_budget, method_config
@@ -55,9 +54,6 @@ from mitigate.tasks import make_task
 PLAN = "sweep.json"
 BASE = "base"
 NOT_COMPARED = ("reproduce",)  # sections that say which cells exist, not how one is trained
-# One torch thread per cell, in this process or a worker: a cell's numbers then do not depend on
-# --jobs or on the machine's core count (CPU float reductions change with the thread count).
-CELL_THREADS = 1
 
 
 def cell_name(setting: str, seed: int) -> str:
@@ -217,14 +213,6 @@ def _job(cfg_dict: dict, base_ckpt: str, folder: str, method: str, eval_dict: di
     return folder.name
 
 
-def _init_worker(imports: list[str], threads: int) -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(threads)
-    for spec in imports:
-        plugins.import_plugin(spec)
-
-
 def sweep(cfg: C.Config, out: str | Path, base: str | Path | None = None, jobs: int | None = None,
           overwrite: bool = False, quiet: bool = False, only: list[str] | None = None, imports: list[str] = (),
           config_path: str = "", report_to: str = "none") -> dict:
@@ -232,9 +220,7 @@ def sweep(cfg: C.Config, out: str | Path, base: str | Path | None = None, jobs: 
     done, write summary.json and summary.md. Returns {"trained": [...], "skipped": [...],
     "summary": path or None}. `jobs`: worker processes (default: one per core), each cell on one
     torch thread; 1 runs the cells in this process. `report_to`: experiment trackers of every run."""
-    jobs = (os.cpu_count() or 1) if jobs is None else jobs
-    if jobs < 1:
-        raise C.ConfigError(f"--jobs must be at least 1, got {jobs}")
+    jobs = default_jobs(jobs, device_for(cfg.device).type)
     parse_report_to(report_to)
     sw = Sweep(cfg, out, base, config_path)
     unknown = [c for c in only or [] if c not in [*sw.cells, BASE]]
@@ -292,7 +278,7 @@ def run_cells(sw: Sweep, todo: list[str], jobs: int, quiet: bool, imports: list[
                 torch.set_num_threads(threads)
             return
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(imports, CELL_THREADS)) as pool:
+                                 initializer=init_worker, initargs=(imports, CELL_THREADS)) as pool:
             futures = {pool.submit(_job, *args[c]): c for c in todo}
             pending = set(futures)
             while pending:

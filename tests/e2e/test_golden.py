@@ -3,7 +3,9 @@ tests/fixtures/smoke_summary_reference.json (all fields but wall time).
 
 The reference was written by the revision before the restructure (bea866a) with the smoke preset
 extended to every method of the default comparison and two seeds, under one torch thread as in
-this suite. A change that is meant to move the numbers regenerates it and says why in its commit:
+this suite. The runs go through the `--jobs 2` worker pool (one torch thread per run, as the
+reference was made in one process), so this also checks that the pool changes no number.
+A change that is meant to move the numbers regenerates it and says why in its commit:
 
     python tests/e2e/test_golden.py --regenerate
 """
@@ -47,7 +49,7 @@ def differences(a, b, path="") -> list[str]:
 def reproduce_smoke(out: Path) -> dict:
     from mitigate import cli
 
-    assert cli.main(["reproduce", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["reproduce", "--preset", "smoke", "--out", str(out), "--quiet", "--jobs", "2"]) == 0
     return without_timings(json.loads((out / "summary.json").read_text()))
 
 

@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import sys
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -198,7 +199,7 @@ def test_reproduce_killed_between_and_inside_runs(tmp_path, monkeypatch):
     argv = ["reproduce", "--preset", "smoke", "--quiet", "--set", "reproduce.methods=[base, grpo, sdsd_ot]",
             "--set", "reproduce.seeds=[0]", "--set", "reproduce.interpolation=[0.5]", "--set", "reproduce.n_boot=100",
             "--set", "pretrain.steps=20", "--set", "pretrain.save_every=8", "--set", "train.steps=4",
-            "--set", "train.save_every=2"]
+            "--set", "train.save_every=2", "--jobs", "1"]  # in this process: the fault points are patched here
     ref, out = tmp_path / "ref", tmp_path / "run"
     assert cli.main([*argv, "--out", str(ref)]) == 0
     sigkilled([*argv, "--out", str(out)], "reproduce:sdsd_ot-seed0")
@@ -213,6 +214,27 @@ def test_reproduce_killed_between_and_inside_runs(tmp_path, monkeypatch):
     assert cli.main([*argv, "--out", str(out), "--resume"]) == 0
     assert_same_run(ref, out)
     assert (out / "grpo-seed0" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == finished  # reused
+
+
+def test_reproduce_worker_killed_then_resumed_equals_one_process(tmp_path, monkeypatch, capsys):
+    """`--jobs 2`: a worker SIGKILLed at the start of its run breaks the pool (the other worker's
+    run dies with it, mid-training); `--resume` finishes both, and the comparison equals the one
+    made in a single process (`--jobs 1`): one torch thread per run, wherever it runs."""
+    argv = ["reproduce", "--preset", "smoke", "--quiet", "--set", "reproduce.methods=[base, grpo, sdsd_ot]",
+            "--set", "reproduce.seeds=[0]", "--set", "reproduce.interpolation=[0.5]", "--set", "reproduce.n_boot=100",
+            "--set", "pretrain.steps=20", "--set", "train.steps=6", "--set", "train.save_every=2"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert cli.main([*argv, "--out", str(ref), "--jobs", "1"]) == 0
+    monkeypatch.setenv(R.FAULT_ENV, "reproduce:sdsd_ot-seed0")  # spawned workers inherit it
+    with pytest.raises(BrokenProcessPool):
+        cli.main([*argv, "--out", str(out), "--jobs", "2"])
+    err = capsys.readouterr().err
+    assert "sdsd_ot seed 0 failed" in err and "--resume" in err
+    work = out.with_name(out.name + ".partial")
+    assert (work / "base" / "eval.json").is_file() and not (work / "sdsd_ot-seed0").exists()
+    monkeypatch.delenv(R.FAULT_ENV)
+    assert cli.main([*argv, "--out", str(out), "--jobs", "2", "--resume"]) == 0
+    assert_same_run(ref, out)
 
 
 def test_stateful_terms_without_state_are_refused():

@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,6 +61,15 @@ def test_eval_json_records_task_config_and_overrides(smoke_base, tmp_path):
     assert res["task"] == C.to_dict(C.load(preset="smoke").task)
     assert res["config"]["eval"]["samples"] == 2 and res["config"]["eval"]["max_prompts"] == 2
     assert res["overrides"] == ["eval.max_prompts=2", "eval.samples=2"]
+
+
+@pytest.mark.parametrize("command", ["reproduce", "sweep"])
+def test_jobs_must_be_positive(capsys, tmp_path, command):
+    grid = Path(__file__).resolve().parents[2] / "baselines" / "ablations" / "entropy.yaml"
+    head = [command, str(grid)] if command == "sweep" else [command, "--preset", "smoke"]
+    err = run_err(capsys, [*head, "--out", str(tmp_path / "out"), "--quiet", "--jobs", "0"])
+    assert "--jobs must be at least 1" in err
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("samples", ["0", "-3"])
