@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -20,6 +23,17 @@ from mitigate.core.resume import RESUME_MUTABLE, ResumeError, differences
 # One torch thread per training run, in this process or a worker: a run's numbers then do not
 # depend on --jobs or on the machine's core count (CPU float reductions change with the thread count).
 CELL_THREADS = 1
+
+
+@contextmanager
+def cell_threads():
+    """Torch on `CELL_THREADS` threads inside the block (this process's setting restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CELL_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def default_jobs(jobs: int | None, device: str) -> int:
@@ -40,6 +54,28 @@ def init_worker(imports: list[str], threads: int) -> None:
     torch.set_num_threads(threads)
     for spec in imports:
         plugins.import_plugin(spec)
+
+
+def run_in_pool(job, args: dict, jobs: int, imports: list[str], bar, failed: str) -> None:
+    """`job(*args[key])` for every key in a pool of `jobs` spawned workers (`init_worker`: one
+    torch thread each), ticking `bar` as each one finishes. The first failure cancels what has not
+    started, prints `failed` (with `{key}` filled in) and raises; what finished stays on disk."""
+    if not args:  # e.g. a comparison of the base model alone
+        return
+    with ProcessPoolExecutor(max_workers=min(jobs, len(args)), mp_context=get_context("spawn"),
+                             initializer=init_worker, initargs=(list(imports), CELL_THREADS)) as pool:
+        futures = {pool.submit(job, *a): key for key, a in args.items()}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                if f.exception() is not None:
+                    for p in pending:
+                        p.cancel()
+                    print(failed.format(key=futures[f]), file=sys.stderr)
+                    raise f.exception()
+                bar.set_postfix_str(str(f.result()))
+                bar.update(1)
 
 
 def checkpoint_record(cfg: C.Config, method: str, policy) -> dict:

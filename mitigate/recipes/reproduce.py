@@ -10,10 +10,7 @@ comparisons calls `reproduce(..., resume=True)` per point."""
 from __future__ import annotations
 
 import json
-import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +28,12 @@ from mitigate.metrics.summary import frontier_gaps, summarize
 from mitigate.objectives import OBJECTIVES
 from mitigate.policies import load_policy, resolve_checkpoint
 from mitigate.recipes.common import (
-    CELL_THREADS,
+    cell_threads,
     check_same_config,
     default_jobs,
     finished_run,
-    init_worker,
     note_resume,
+    run_in_pool,
     run_record,
     same_task,
 )
@@ -107,12 +104,8 @@ def reproduce(cfg: C.Config, out: str | Path, overwrite: bool = False, quiet: bo
     run (`mitigate.core.tracking`). `jobs`: worker processes for the method x seed runs (the CLI's
     default: one per core); every run, here or in a worker, uses one torch thread, so the numbers
     do not depend on `jobs`. `imports`: the `--import` registrations the workers load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(CELL_THREADS)
-    try:
+    with cell_threads():
         return _reproduce(cfg, out, overwrite, quiet, base, resume, report_to, jobs, imports)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: bool, report_to: str,
@@ -167,17 +160,18 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
         curves = {m: [] for m in cfg.reproduce.tradeoff_methods if m in train_methods and "base" in methods}
         # the trade-off methods (three more evaluations each) first, so no worker is left with them at the end
         cells = sorted(((m, s) for m in train_methods for s in seeds), key=lambda c: c[0] not in curves)
-        cell_args = {(m, s): (C.to_dict(C.with_overrides(method_cfgs[m], {"seed": s})), str(base_ckpt),
+        cell_args = {f"{m}-seed{s}": (C.to_dict(C.with_overrides(method_cfgs[m], {"seed": s})), str(base_ckpt),
                               str(tmp / f"{m}-seed{s}"), m, C.to_dict(cfg.eval), s,
                               list(cfg.reproduce.interpolation) if m in curves else [], report_to)
                      for m, s in cells}
         if jobs > 1:  # every cell in a worker; the loop below then reads back what they wrote
-            run_in_pool(cell_args, jobs, imports, bar)
+            run_in_pool(_cell_job, cell_args, jobs, imports, bar, "mitigate reproduce: {key} failed; the finished "
+                        "runs are kept, run the same command with --resume to finish the rest")
         for m in train_methods:
             rows[m], folders[m] = {}, []
             for s in seeds:
                 bar.set_postfix_str(f"{m} seed {s}")
-                run, rows[m][s], points = run_cell(*cell_args[m, s], base_policy=base_policy, quiet=quiet)
+                run, rows[m][s], points = run_cell(*cell_args[f"{m}-seed{s}"], base_policy=base_policy, quiet=quiet)
                 folders[m].append(run)
                 for point, point_rows in points.items():
                     rows.setdefault(point, {})[s] = point_rows
@@ -227,30 +221,9 @@ def run_cell(cfg_dict: dict, base_ckpt: str, folder: str, method: str, eval_dict
 
 
 def _cell_job(*args) -> str:
+    """A worker's cell: its results go to the run folder (read back by `run_cell` in the parent)."""
     run_cell(*args)
     return Path(args[2]).name
-
-
-def run_in_pool(cell_args: dict, jobs: int, imports: list[str], bar) -> None:
-    """Every cell in a pool of spawned workers, one torch thread each (`CELL_THREADS`, as in this
-    process: the numbers do not depend on `jobs`). A failed cell stops the pool; the finished cells
-    stay in OUT.partial for `--resume`."""
-    with ProcessPoolExecutor(max_workers=min(jobs, len(cell_args)), mp_context=get_context("spawn"),
-                             initializer=init_worker, initargs=(list(imports), CELL_THREADS)) as pool:
-        futures = {pool.submit(_cell_job, *args): cell for cell, args in cell_args.items()}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for f in done:
-                if f.exception() is not None:
-                    for p in pending:
-                        p.cancel()
-                    m, s = futures[f]
-                    print(f"mitigate reproduce: {m} seed {s} failed; the finished runs are kept, run the same "
-                          "command with --resume to finish the rest", file=sys.stderr)
-                    raise f.exception()
-                bar.set_postfix_str(f.result())
-                bar.update(1)
 
 
 def check_methods(cfg: C.Config) -> None:

@@ -25,12 +25,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from multiprocessing import get_context
 from pathlib import Path
 
-import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -43,7 +39,7 @@ from mitigate.core.tracking import parse_report_to
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import summarize
 from mitigate.policies import load_policy, resolve_checkpoint
-from mitigate.recipes.common import CELL_THREADS, default_jobs, init_worker, same_task
+from mitigate.recipes.common import cell_threads, default_jobs, run_in_pool, same_task
 from mitigate.recipes.evaluate import rows_from_record
 from mitigate.recipes.pretrain import pretrain
 from mitigate.recipes.reproduce import budget, evaluate_and_record, mean_budget, method_config
@@ -219,7 +215,15 @@ def sweep(cfg: C.Config, out: str | Path, base: str | Path | None = None, jobs: 
     """Run the missing cells of the sweep (all, or those named in `only`), then, once every cell is
     done, write summary.json and summary.md. Returns {"trained": [...], "skipped": [...],
     "summary": path or None}. `jobs`: worker processes (default: one per core), each cell on one
-    torch thread; 1 runs the cells in this process. `report_to`: experiment trackers of every run."""
+    torch thread; 1 runs the cells in this process. Everything here (the base too) runs on one torch
+    thread, so no number depends on `jobs` or the machine's core count. `report_to`: experiment
+    trackers of every run."""
+    with cell_threads():
+        return _sweep(cfg, out, base, jobs, overwrite, quiet, only, imports, config_path, report_to)
+
+
+def _sweep(cfg: C.Config, out, base, jobs: int | None, overwrite: bool, quiet: bool, only, imports,
+           config_path: str, report_to: str) -> dict:
     jobs = default_jobs(jobs, device_for(cfg.device).type)
     parse_report_to(report_to)
     sw = Sweep(cfg, out, base, config_path)
@@ -267,31 +271,13 @@ def run_cells(sw: Sweep, todo: list[str], jobs: int, quiet: bool, imports: list[
     bar = tqdm(total=len(todo), desc="sweep", unit="cell", disable=quiet, dynamic_ncols=True)
     try:
         if jobs == 1 or len(todo) == 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(CELL_THREADS)
-            try:
-                for c in todo:
-                    bar.set_postfix_str(c)
-                    _job(*args[c])
-                    bar.update(1)
-            finally:
-                torch.set_num_threads(threads)
+            for c in todo:
+                bar.set_postfix_str(c)
+                _job(*args[c])
+                bar.update(1)
             return
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn"),
-                                 initializer=init_worker, initargs=(imports, CELL_THREADS)) as pool:
-            futures = {pool.submit(_job, *args[c]): c for c in todo}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for f in done:
-                    if f.exception() is not None:
-                        for p in pending:
-                            p.cancel()
-                        print(f"mitigate sweep: cell {futures[f]} failed; the finished cells are kept, run the "
-                              "same command again to finish the rest", file=sys.stderr)
-                        raise f.exception()
-                    bar.set_postfix_str(futures[f])
-                    bar.update(1)
+        run_in_pool(_job, args, jobs, imports, bar, "mitigate sweep: cell {key} failed; the finished cells are kept, "
+                    "run the same command again to finish the rest")
     finally:
         bar.close()
 

@@ -30,6 +30,15 @@ def reproduced(tmp_path_factory, smoke_cfg):
     return out, json.loads((out / "summary.json").read_text())
 
 
+def test_base_alone_with_a_worker_pool(tmp_path):
+    """A comparison with nothing to train (`reproduce.methods=[base]`) and `--jobs 2`: no pool to
+    start, the base's row only."""
+    out = tmp_path / "out"
+    assert cli.main(["reproduce", "--preset", "smoke", "--out", str(out), "--quiet", "--jobs", "2",
+                     "--set", "reproduce.methods=[base]", "--set", "reproduce.n_boot=100"]) == 0
+    assert list(json.loads((out / "summary.json").read_text())["methods"]) == ["base"]
+
+
 def leaves(tree, prefix=()):
     for k, v in tree.items():
         if isinstance(v, dict):
