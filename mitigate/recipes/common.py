@@ -58,8 +58,8 @@ def init_worker(imports: list[str], threads: int) -> None:
 
 def run_in_pool(job, args: dict, jobs: int, imports: list[str], bar, failed: str) -> None:
     """`job(*args[key])` for every key in a pool of `jobs` spawned workers (`init_worker`: one
-    torch thread each), ticking `bar` as each one finishes. The first failure cancels what has not
-    started, prints `failed` (with `{key}` filled in) and raises; what finished stays on disk."""
+    torch thread each), ticking `bar` as each one finishes. A failure cancels what has not started,
+    prints `failed` (with `{key}`: the runs that failed) and raises; what finished stays on disk."""
     if not args:  # e.g. a comparison of the base model alone
         return
     with ProcessPoolExecutor(max_workers=min(jobs, len(args)), mp_context=get_context("spawn"),
@@ -68,14 +68,17 @@ def run_in_pool(job, args: dict, jobs: int, imports: list[str], bar, failed: str
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            broken = [f for f in done if f.exception() is not None]
             for f in done:
-                if f.exception() is not None:
-                    for p in pending:
-                        p.cancel()
-                    print(failed.format(key=futures[f]), file=sys.stderr)
-                    raise f.exception()
-                bar.set_postfix_str(str(f.result()))
-                bar.update(1)
+                if f.exception() is None:
+                    bar.set_postfix_str(str(f.result()))
+                    bar.update(1)
+            if broken:  # a worker that dies (SIGKILL, out of memory) fails every run it shared the pool with
+                for p in pending:
+                    p.cancel()
+                broken += [f for f in wait(pending, timeout=10).done if not f.cancelled() and f.exception() is not None]
+                print(failed.format(key=", ".join(str(futures[f]) for f in broken)), file=sys.stderr)
+                raise broken[0].exception()
 
 
 def checkpoint_record(cfg: C.Config, method: str, policy) -> dict:

@@ -229,7 +229,7 @@ def test_reproduce_worker_killed_then_resumed_equals_one_process(tmp_path, monke
     with pytest.raises(BrokenProcessPool):
         cli.main([*argv, "--out", str(out), "--jobs", "2"])
     err = capsys.readouterr().err
-    assert "sdsd_ot-seed0 failed" in err and "--resume" in err
+    assert "sdsd_ot-seed0" in err and "failed" in err and "--resume" in err
     work = out.with_name(out.name + ".partial")
     assert (work / "base" / "eval.json").is_file() and not (work / "sdsd_ot-seed0").exists()
     monkeypatch.delenv(R.FAULT_ENV)
