@@ -114,7 +114,6 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
     out = Path(out)
     methods = list(cfg.reproduce.methods)
     check_methods(cfg)
-    jobs = default_jobs(jobs, device_for(cfg.device).type)
     parse_report_to(report_to)
     plan = plan_run(out, overwrite, inputs=[base] if base else [], resume=resume)
     if plan.status == "complete":
@@ -125,6 +124,7 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
     task = make_task(cfg.task)
     text_diversity(task, cfg.eval)  # text tasks: the embedder loads (or fails) before any work
     device = device_for(cfg.device)  # evaluation runs here; training places itself (accelerate)
+    jobs = default_jobs(jobs, device.type)
     if base is not None:
         base_ckpt = resolve_checkpoint(base)
         base_policy, meta = load_policy(base_ckpt, device)
