@@ -60,8 +60,6 @@ def run_in_pool(job, args: dict, jobs: int, imports: list[str], bar, failed: str
     """`job(*args[key])` for every key in a pool of `jobs` spawned workers (`init_worker`: one
     torch thread each), ticking `bar` as each one finishes. A failure cancels what has not started,
     prints `failed` (with `{key}`: the runs that failed) and raises; what finished stays on disk."""
-    if not args:  # e.g. a comparison of the base model alone
-        return
     with ProcessPoolExecutor(max_workers=min(jobs, len(args)), mp_context=get_context("spawn"),
                              initializer=init_worker, initargs=(list(imports), CELL_THREADS)) as pool:
         futures = {pool.submit(job, *a): key for key, a in args.items()}

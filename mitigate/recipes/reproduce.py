@@ -164,7 +164,8 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
                               str(tmp / f"{m}-seed{s}"), m, C.to_dict(cfg.eval), s,
                               list(cfg.reproduce.interpolation) if m in curves else [], report_to)
                      for m, s in cells}
-        if jobs > 1:  # every cell in a worker; the loop below then reads back what they wrote
+        parallel = jobs > 1 and len(cell_args) > 1
+        if parallel:  # every cell in a worker; the loop below then reads back what they wrote
             run_in_pool(_cell_job, cell_args, jobs, imports, bar, "mitigate reproduce: {key} failed; the finished "
                         "runs are kept, run the same command with --resume to finish the rest")
         for m in train_methods:
@@ -175,7 +176,7 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
                 folders[m].append(run)
                 for point, point_rows in points.items():
                     rows.setdefault(point, {})[s] = point_rows
-                if jobs == 1:
+                if not parallel:
                     bar.update(1)
         bar.close()
         # ---- summary.json and summary.md
