@@ -179,6 +179,38 @@ def policy_divergence(policy, other, contexts: list[list[int]], other_contexts: 
     return scores_of(policy, contexts, tokens, mask).divergence(target, kind)
 
 
+def has_dropout(model: torch.nn.Module) -> bool:
+    """Whether a training-mode forward of `model` draws dropout masks (a module or an attention rate)."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    rates = [getattr(config, k, 0.0) or 0.0 for k in ("attention_dropout", "attn_pdrop")]
+    return any(r > 0 for r in rates) or any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def distinct_rows(model: torch.nn.Module, contexts: list[list[int]], tokens: torch.Tensor,
+                  mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(first row of each distinct (context, tokens, mask), row -> its distinct row), or (None, None)
+    when every row is distinct or `model` has dropout on (then repeats must draw their own masks).
+
+    A group's rollouts repeat each other, more so as training concentrates the policy (half the
+    rows of a trained GRPO group of 8 at the paper preset), and so do their teacher contexts. Each
+    distinct row runs through the model once and the repeats index its output: the forward values
+    are the same, and autograd sums the repeats' gradients before the weight-gradient matmul
+    instead of inside it (a different float summation order: weights agree to ~3e-8 after two
+    steps, tests/e2e/test_same_weights.py)."""
+    if model.training and has_dropout(model):
+        return None, None
+    keys: dict[tuple, int] = {}
+    first, rows = [], []
+    for i, key in enumerate(zip(map(tuple, contexts), map(tuple, tokens.tolist()), map(tuple, mask.tolist()))):
+        if key not in keys:
+            keys[key] = len(first)
+            first.append(i)
+        rows.append(keys[key])
+    if len(first) == len(rows):
+        return None, None
+    return torch.as_tensor(first), torch.as_tensor(rows)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint folder or a run folder holding `checkpoint/`."""
     path = Path(path)

@@ -63,7 +63,14 @@ from transformers.utils import logging as hf_logging
 from mitigate.core.fields import ConfigError, Section, build, opt
 from mitigate.core.io import atomic_dir
 from mitigate.ops import DIVERGENCES
-from mitigate.policies.base import META_FILE, Samples, policy_divergence, policy_token_logprobs, register_policy
+from mitigate.policies.base import (
+    META_FILE,
+    Samples,
+    distinct_rows,
+    policy_divergence,
+    policy_token_logprobs,
+    register_policy,
+)
 from mitigate.policies.chunked import APPROXIMATIONS, HiddenScores, chunked_token_logprobs
 from mitigate.policies.tiny_gpt import left_pad, positions
 
@@ -375,7 +382,12 @@ class HFPolicy:
     # ---- scoring
     def _forward(self, module, contexts, tokens, mask, hidden: bool = False):
         """One forward over [left-padded context | completion]; returns (logits at the positions that
-        predict the completion tokens [B, T, V], or the last hidden states there [B, T, H])."""
+        predict the completion tokens [B, T, V], or the last hidden states there [B, T, H]). Repeated
+        rows run once (`distinct_rows`)."""
+        first, rows = distinct_rows(module, contexts, tokens, mask)
+        if first is not None:
+            out = self._forward(module, [contexts[i] for i in first], tokens[first], mask[first], hidden)
+            return out[rows.to(out.device)]
         device = self.device
         ctx, ctx_mask = left_pad(contexts, device, self.pad_id)
         tokens = tokens.to(device)

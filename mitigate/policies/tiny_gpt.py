@@ -25,6 +25,7 @@ from mitigate.policies.base import (
     CheckpointError,
     FullScores,
     Samples,
+    distinct_rows,
     policy_divergence,
     policy_token_logprobs,
     register_policy,
@@ -168,6 +169,9 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: torch
     """
     device = next(model.parameters()).device
     pad = getattr(model, "module", model).config.pad_token_id  # `model` may be wrapped in DDP (TinyGPT.wrapped)
+    first, rows = distinct_rows(model, contexts, continuations, cont_mask)
+    if first is not None:
+        contexts, continuations, cont_mask = [contexts[i] for i in first], continuations[first], cont_mask[first]
     ctx, ctx_mask = left_pad(contexts, device, pad)
     cont = continuations.to(device)
     ids = torch.cat([ctx, cont], 1)
@@ -175,7 +179,9 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: torch
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False)
     width = ctx.shape[1]
     logits = out.logits[:, width - 1:-1].float()  # position i predicts token i+1
-    return torch.log_softmax(logits, -1)
+    logprobs = torch.log_softmax(logits, -1)
+    return logprobs if first is None else logprobs[rows.to(device)]
+
 
 
 def sequence_logprob(model, contexts, continuations, cont_mask) -> torch.Tensor:

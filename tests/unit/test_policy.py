@@ -210,3 +210,49 @@ def test_missing_checkpoint_raises(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_policy(partial)
     assert str(partial) in str(err.value) and "model.safetensors" in str(err.value)
+
+
+def test_repeated_rows_run_once_with_the_same_values_and_gradients(smoke_model, contexts, monkeypatch):
+    """Scoring a batch with repeated (context, completion) rows runs each distinct row once; values
+    and gradients equal those of the forward over every row (`distinct_rows` off)."""
+    from mitigate.policies import base, tiny_gpt
+
+    s = sample(smoke_model, contexts, 7, generator=torch.Generator().manual_seed(3))
+    rows = [0, 1, 0, 2, 1, 0, 3, 3]  # repeats of four distinct rows
+    ctx, tokens, mask = [contexts[i] for i in rows], s.tokens[rows], s.mask[rows]
+    first, index = base.distinct_rows(smoke_model, ctx, tokens, mask)
+    assert first.tolist() == [0, 1, 3, 6] and index.tolist() == [0, 1, 0, 2, 1, 0, 3, 3]
+    weights = torch.linspace(-1, 1, len(rows))[:, None, None]
+
+    def forward_and_grads():
+        smoke_model.zero_grad()
+        lp = continuation_logprobs(smoke_model, ctx, tokens, mask)
+        (lp.gather(-1, tokens[..., None]) * mask[..., None] * weights).sum().backward()
+        return lp.detach(), [p.grad.clone() for p in smoke_model.parameters()]
+
+    calls = []
+    model_forward = smoke_model.forward
+    monkeypatch.setattr(smoke_model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or model_forward(*a, **k))
+    deduped, grads = forward_and_grads()
+    monkeypatch.setattr(tiny_gpt, "distinct_rows", lambda *a: (None, None))
+    every_row, grads_every_row = forward_and_grads()
+    assert calls == [4, 8]
+    assert torch.equal(deduped, every_row)
+    for g, h in zip(grads, grads_every_row):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)  # summation order only
+
+
+def test_rows_are_not_merged_when_dropout_is_on(smoke_task):
+    """Repeats under dropout must draw their own masks, so a training-mode model with dropout scores
+    every row; in eval mode (targets, the reference) the same model merges them."""
+    import dataclasses
+
+    from mitigate import config as C
+    from mitigate.policies import base
+    from mitigate.policies.tiny_gpt import build_model
+
+    model = build_model(dataclasses.replace(C.load(preset="smoke").model, dropout=0.1), smoke_task.vocab)
+    ctx = [smoke_task.prompts("id_test")[0].tokens] * 2
+    tokens, mask = torch.tensor([[3, EOS], [3, EOS]]), torch.ones(2, 2)
+    assert base.distinct_rows(model.eval(), ctx, tokens, mask)[0].tolist() == [0]
+    assert base.distinct_rows(model.train(), ctx, tokens, mask) == (None, None)
