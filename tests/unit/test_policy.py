@@ -230,9 +230,13 @@ def test_repeated_rows_run_once_with_the_same_values_and_gradients(smoke_model, 
         (lp.gather(-1, tokens[..., None]) * mask[..., None] * weights).sum().backward()
         return lp.detach(), [p.grad.clone() for p in smoke_model.parameters()]
 
-    calls = []
-    model_forward = smoke_model.forward
-    monkeypatch.setattr(smoke_model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or model_forward(*a, **k))
+    calls, model_forward = [], smoke_model.forward
+
+    def counted_forward(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return model_forward(*args, **kwargs)
+
+    monkeypatch.setattr(smoke_model, "forward", counted_forward)
     deduped, grads = forward_and_grads()
     monkeypatch.setattr(tiny_gpt, "distinct_rows", lambda *a: (None, None))
     every_row, grads_every_row = forward_and_grads()
