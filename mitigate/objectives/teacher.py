@@ -33,6 +33,7 @@ class Teacher:
         self.kind, self.policy, self.decay = kind, policy, ema_decay
         self.weights = {"live": policy, "base": reference, "ema": policy.frozen_copy() if kind == "ema" else None}[kind]
         self._cache: dict = {}
+        self._splittable: bool | None = None  # whether the policy's Scores have `rows` (known after one call)
 
     def scores(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> Scores:
         """The teacher's `Scores` of `tokens` after `contexts`: no-grad, dropout off."""
@@ -59,9 +60,22 @@ class Teacher:
         if key not in self._cache:
             self._cache = {}
             demos = pick_demonstrations(batch.group_index, batch.correct, m, ctx.generator)
-            self._cache[key] = (demos, [self.scores(self.demonstration_contexts(batch, ctx, demos[:, k]),
-                                                    batch.tokens, batch.mask) for k in range(m)])
+            self._cache[key] = (demos, self._columns(batch, ctx, demos))
         return self._cache[key]
+
+    def _columns(self, batch, ctx, demos: torch.Tensor) -> list[Scores]:
+        """The m columns' scores from one forward over all m x B teacher rows, where a column often
+        repeats another's (few correct rollouts to draw from): each distinct row runs once
+        (`policies.base.distinct_rows`). Per column when the policy's `Scores` have no `rows`."""
+        m, n = demos.shape[1], len(batch.tokens)
+        contexts = [self.demonstration_contexts(batch, ctx, demos[:, k]) for k in range(m)]
+        if m > 1 and self._splittable is not False:
+            rows = [c for col in contexts for c in col]
+            scores = self.scores(rows, batch.tokens.repeat(m, 1), batch.mask.repeat(m, 1))
+            self._splittable = hasattr(scores, "rows")
+            if self._splittable:
+                return [scores.rows(k * n, (k + 1) * n) for k in range(m)]
+        return [self.scores(col, batch.tokens, batch.mask) for col in contexts]
 
     @torch.no_grad()
     def after_step(self) -> None:

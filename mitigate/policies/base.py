@@ -111,6 +111,10 @@ class Scores(Protocol):
         """The [B, T, V] log-probs (with grad when the scores have it). For code written against the
         full tensor only: the memory the rest of this interface exists to avoid."""
 
+    def rows(self, lo: int, hi: int) -> Scores:
+        """The scores of completions lo..hi-1 (optional: the teacher scores its M demonstration
+        columns in one forward when the policy's `Scores` have it)."""
+
 
 class FullScores:
     """`Scores` from the [B, T, V] log-probs themselves: the simple path of a small vocabulary, and
@@ -131,6 +135,9 @@ class FullScores:
 
     def materialise(self) -> torch.Tensor:
         return self.logprobs
+
+    def rows(self, lo: int, hi: int) -> FullScores:
+        return FullScores(self.logprobs[lo:hi], self.tokens[lo:hi])
 
     @classmethod
     def mixture(cls, targets: list[FullScores], log_weights: torch.Tensor) -> FullScores:

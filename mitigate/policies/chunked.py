@@ -361,6 +361,12 @@ class HiddenScores:
         lp = torch.stack([log_softmax_logits(h, self.weight, self.bias) for h in self.hidden])
         return log_mixture(self.log_weights.float(), lp)
 
+    def rows(self, lo: int, hi: int) -> HiddenScores:
+        if self.log_weights is not None:
+            raise ValueError("rows of a mixture: take the rows of its targets before mixing them")
+        return HiddenScores(self.hidden[lo:hi], self.keep[lo:hi], self.tokens[lo:hi], self.weight, self.bias,
+                            self.chunk_size, self.approximation, self.topk)
+
     @classmethod
     def mixture(cls, targets: list[HiddenScores], log_weights: torch.Tensor) -> HiddenScores:
         """The mixture of M no-grad targets of one set of weights; log-weights [M, B, T]."""

@@ -368,3 +368,20 @@ def test_frozen_copy_and_checkpoint_round_trip(tmp_path, policy, batch):
     assert loaded.cfg.divergence_chunk == 7 and loaded.cfg.path == str(folder)
     with torch.no_grad():
         torch.testing.assert_close(loaded.logprobs(contexts, tokens, mask), policy.logprobs(contexts, tokens, mask))
+
+
+def test_repeated_rows_and_split_scores(policy, batch):
+    """A batch that repeats its rows scores like the rows alone (one forward over the distinct rows),
+    and `HiddenScores.rows` splits scores of stacked blocks back into each block's own scores."""
+    contexts, tokens, mask = batch
+    n = len(contexts)
+    with torch.no_grad():
+        alone = policy.scores(contexts, tokens, mask)
+        twice = policy.scores(contexts + contexts, tokens.repeat(2, 1), mask.repeat(2, 1))
+        assert twice.hidden.shape[0] == 2 * n
+        for lo in (0, n):
+            block = twice.rows(lo, lo + n)
+            torch.testing.assert_close(block.token_logprobs(), alone.token_logprobs(), rtol=0, atol=1e-6)
+            torch.testing.assert_close(block.entropy(), alone.entropy(), rtol=0, atol=1e-6)
+        target = policy.scores([encode(policy, "Demonstration: B. ") + c for c in contexts], tokens, mask)
+        torch.testing.assert_close(twice.rows(n, 2 * n).divergence(target), alone.divergence(target), rtol=0, atol=1e-6)

@@ -289,3 +289,24 @@ def test_rollout_features_separate_concepts_and_routes():
     same_concept = table.concepts[:, None] == table.concepts[None]
     assert d[~same_concept].min() > d[same_concept].max() - 1e-9
     assert d.max() <= 1.0 + 1e-9
+
+
+def test_teacher_columns_from_one_forward_equal_one_forward_per_column(batch_parts, monkeypatch):
+    """M demonstration columns are scored in one forward over M x B rows and split (`Scores.rows`);
+    each column's scores equal a forward of that column alone."""
+    from mitigate.policies import tiny_gpt
+
+    b, ctx = make_batch(batch_parts)
+    calls, forward = [], tiny_gpt.continuation_logprobs
+
+    def counted(model, contexts, *args):
+        calls.append(len(contexts))
+        return forward(model, contexts, *args)
+
+    monkeypatch.setattr(tiny_gpt, "continuation_logprobs", counted)
+    demos, columns = ctx.teacher.demonstrations(b, ctx, 3)
+    assert calls == [3 * len(b.tokens)]
+    assert (demos[:, 0] != demos[:, 1]).any()  # the columns differ, so a wrong split would show
+    for k, column in enumerate(columns):
+        alone = ctx.teacher.scores(ctx.teacher.demonstration_contexts(b, ctx, demos[:, k]), b.tokens, b.mask)
+        assert torch.equal(column.materialise(), alone.materialise())
