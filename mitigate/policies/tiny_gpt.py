@@ -121,26 +121,27 @@ CACHE_ARG = "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).par
 
 
 def _sample_batch(model, contexts, max_new_tokens, temperature, generator, device, pad, eos):
-    # Callers repeat each context (GRPO groups, n samples per prompt), so the prompt runs through
-    # the model once per distinct context; rows sharing it get a copy of its KV cache and logits.
+    # Rows that share a prefix (the same context and the same tokens so far) have the same KV cache
+    # and the same next-token logits, so the model runs once per distinct prefix, a "node": callers
+    # repeat each context (GRPO groups, n samples per prompt) and a peaked policy repeats its first
+    # tokens. Each row still draws its own token from its node's distribution, in one multinomial
+    # call over all rows, so the random stream is the one an unshared batch would use.
     first: dict[tuple, int] = {}
-    rows = torch.tensor([first.setdefault(tuple(c), len(first)) for c in contexts], device=device)
-    u_ids, u_mask = left_pad(list(first), device, pad)
+    node = torch.tensor([first.setdefault(tuple(c), len(first)) for c in contexts], device=device)
+    ids, mask = left_pad(list(first), device, pad)  # per node from here on
     cache = DynamicCache()
-    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions(u_mask), **{CACHE_ARG: cache},
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), **{CACHE_ARG: cache},
                 use_cache=True, logits_to_keep=1)
-    if len(first) < len(rows):
-        cache.batch_select_indices(rows)
-    mask, pos = u_mask[rows], positions(u_mask)[rows]
-    n = len(rows)
-    logits = out.logits[rows, -1].float()
-    next_pos = pos[:, -1:] + 1
+    logits = out.logits[:, -1].float()
+    next_pos = positions(mask)[:, -1:] + 1
+    n = len(node)
     generated = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     ent_sum = torch.zeros(n, device=device)
     n_tok = torch.zeros(n, device=device)
     for t in range(max_new_tokens):
-        logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, -1)
+        row_logits = logits[node]
+        logp = torch.log_softmax(row_logits if temperature == 1.0 else row_logits / temperature, -1)
         probs = logp.exp()
         ent_sum += torch.where(done, 0.0, -(probs * logp).sum(-1))
         n_tok += (~done).float()
@@ -150,8 +151,14 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
         done |= nxt == eos
         if bool(done.all()) or t == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], 1)
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
+        # The next nodes: distinct (node, token) pairs; each inherits its parent's cache.
+        children, node = torch.unique(node * logits.shape[-1] + nxt, return_inverse=True)
+        parent, token = children // logits.shape[-1], children % logits.shape[-1]
+        if len(parent) != len(mask) or not torch.equal(parent, torch.arange(len(mask), device=device)):
+            cache.batch_select_indices(parent)
+            mask, next_pos = mask[parent], next_pos[parent]
+        mask = torch.cat([mask, torch.ones((len(mask), 1), dtype=mask.dtype, device=device)], 1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
                     **{CACHE_ARG: cache}, use_cache=True)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1

@@ -57,11 +57,20 @@ def test_sample_logprobs_match_full_forward(smoke_model, contexts):
         rec.close()
     steps = len(rec.logits)
     assert 1 <= steps <= 7
-    # the prompt runs once per distinct context (shared prefill); decode steps cover every row
+    # The model runs once per distinct prefix (context + tokens so far): the prompt once per
+    # distinct context, each decode step once per distinct (prefix, token) pair, ordered by
+    # (parent, token). Map every row to its prefix's logits at each step.
     distinct = list(dict.fromkeys(map(tuple, ctx)))
-    assert rec.logits[0].shape[0] == len(distinct) and all(x.shape[0] == len(ctx) for x in rec.logits[1:])
-    rec.logits[0] = rec.logits[0][[distinct.index(tuple(c)) for c in ctx]]
-    cached = torch.log_softmax(torch.stack(rec.logits, 1), -1)  # [B, steps, V]: what the sampler drew from
+    node = torch.tensor([distinct.index(tuple(c)) for c in ctx])
+    per_row = []
+    for t, logits in enumerate(rec.logits):
+        if t > 0:
+            _, node = torch.unique(node * logits.shape[-1] + s.tokens[:, t - 1], return_inverse=True)
+        n_prefixes = len({(tuple(c), tuple(s.tokens[i, :t].tolist())) for i, c in enumerate(ctx)})
+        assert logits.shape[0] == n_prefixes  # one forward row per distinct prefix, no more
+        per_row.append(logits[node])
+    assert rec.logits[-1].shape[0] < len(ctx)  # rows repeated by n_rep share their prefixes
+    cached = torch.log_softmax(torch.stack(per_row, 1), -1)  # [B, steps, V]: what the sampler drew from
     with torch.no_grad():
         full = continuation_logprobs(smoke_model, ctx, s.tokens, s.mask)
     m = s.mask[:, :steps].bool()
