@@ -14,16 +14,19 @@ is that many times faster", and `of peak` as the share of the matmul peak the sa
 The batch mirrors how the package samples: each prompt repeated `--group` times (a GRPO group;
 evaluation repeats every prompt `eval.samples` = 128 times); with 135 id_train prompts a batch
 of 2048 holds at most 135 distinct contexts whatever `--group` is. The sampler runs a shared
-context once and copies its KV cache to the rows that share it; generate processes every row.
+prefix once and its rows share its KV cache; generate processes every row.
 The model is the default preset: random init, so rollouts rarely hit EOS and both run all
 max_new_tokens steps; `--checkpoint` benchmarks a trained model instead.
 
 FLOP estimate of the sampler (work it executes, with P = non-embedding parameters, d = width,
 V = vocab, l = layers): each processed position costs 2P (all matmuls in the blocks) plus
 4*l*d*k for attention over k keys (QK^T and AV); every position that emits logits adds 2*d*V.
-The sampler runs each distinct context but its last token once (causal: position k sees k keys,
-no logits), then every row runs `steps` single positions (the last context token and steps-1
-sampled ones), each with logits.
+The sampler runs each distinct context once (causal: position k sees k keys; logits at the last
+position only), then each decode step runs one position per distinct prefix (context and tokens
+so far: rows that drew the same tokens share it), each with logits; the counts come from the
+sampled tokens of the last timed call (`sampler_decode_rows`). The FLOP count is of the last
+call; with a random model almost every prefix is distinct after the first token, so calls differ
+little.
 LayerNorm, GELU, softmax and sampling are not counted, so the figure is a lower bound.
 
     .venv/bin/python benchmarks/sampling.py                 # batch 2048, 3 rounds
@@ -58,13 +61,20 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
-def sampler_flops(model, n_rows: int, n_distinct: int, ctx_len: int, steps: int) -> float:
+def prefix_counts(contexts, tokens: torch.Tensor, steps: int) -> list[int]:
+    """Rows the sampler runs at each decode step: the distinct (context, tokens so far) prefixes."""
+    return [len({(tuple(c), tuple(tokens[i, :t].tolist())) for i, c in enumerate(contexts)})
+            for t in range(1, steps)]
+
+
+def sampler_flops(model, n_distinct: int, ctx_len: int, decode_rows: list[int]) -> float:
     c = model.config
     d, V, layers = c.n_embd, c.vocab_size, c.n_layer
     P = n_params(model) - V * d - c.n_positions * d  # wte (tied with lm_head) and wpe left out
-    prefix = n_distinct * sum(2 * P + 4 * layers * d * k for k in range(1, ctx_len))
-    per_row = sum(2 * P + 4 * layers * d * k + 2 * d * V for k in range(ctx_len, ctx_len + steps))
-    return float(prefix + n_rows * per_row)
+    position = lambda k: 2 * P + 4 * layers * d * k  # noqa: E731
+    prefill = n_distinct * (sum(position(k) for k in range(1, ctx_len + 1)) + 2 * d * V)
+    decode = sum(n * (position(ctx_len + t) + 2 * d * V) for t, n in enumerate(decode_rows, start=1))
+    return float(prefill + decode)
 
 
 def bench_batch(model, contexts, T: int, temperature: float, repeats: int, x: torch.Tensor, bar) -> dict:
@@ -91,12 +101,14 @@ def bench_batch(model, contexts, T: int, temperature: float, repeats: int, x: to
                 times[name].append(dt)
                 if name == "sampler":
                     steps[name].append(int(out.mask.sum(1).max()))
+                    last_sample = out
                 elif name == "generate":
                     steps[name].append(out.shape[1] - ids.shape[1])
             bar.update(1)
     t_s, t_g, t_m = (st.median(times[k]) for k in ("sampler", "generate", "matmul"))
     s_steps = max(steps["sampler"])
-    flops = sampler_flops(model, B, n_distinct, ctx_len, s_steps)
+    decode_rows = prefix_counts(contexts, last_sample.tokens, s_steps)
+    flops = sampler_flops(model, n_distinct, ctx_len, decode_rows)
     peak = 2 * mm_n ** 3 / t_m / 1e9
     achieved = st.median(flops / t for t in times["sampler"]) / 1e9
     return {
@@ -104,6 +116,7 @@ def bench_batch(model, contexts, T: int, temperature: float, repeats: int, x: to
         "sampler_seq_per_s": B / t_s, "generate_seq_per_s": B / t_g,
         "ratio": st.median(g / s for g, s in zip(times["generate"], times["sampler"])),
         "sampler_steps": s_steps, "generate_steps": max(steps["generate"]),
+        "sampler_decode_rows": decode_rows,
         "sampler_gflop_per_call": flops / 1e9, "sampler_gflops": achieved,
         "peak_gflops": peak, "fraction_of_peak": achieved / peak, "times_s": times,
     }
