@@ -130,10 +130,12 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
     node = torch.tensor([first.setdefault(tuple(c), len(first)) for c in contexts], device=device)
     ids, mask = left_pad(list(first), device, pad)  # per node from here on
     cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), **{CACHE_ARG: cache},
+    pos = positions(mask)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **{CACHE_ARG: cache},
                 use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].float()
-    next_pos = positions(mask)[:, -1:] + 1
+    vocab = logits.shape[-1]
+    next_pos = pos[:, -1:] + 1
     n = len(node)
     generated = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
@@ -152,8 +154,8 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         # The next nodes: distinct (node, token) pairs; each inherits its parent's cache.
-        children, node = torch.unique(node * logits.shape[-1] + nxt, return_inverse=True)
-        parent, token = children // logits.shape[-1], children % logits.shape[-1]
+        children, node = torch.unique(node * vocab + nxt, return_inverse=True)
+        parent, token = children // vocab, children % vocab
         if len(parent) != len(mask) or not torch.equal(parent, torch.arange(len(mask), device=device)):
             cache.batch_select_indices(parent)
             mask, next_pos = mask[parent], next_pos[parent]
