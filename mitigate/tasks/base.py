@@ -69,6 +69,11 @@ class Task(Protocol):
         """(tokens [N, L], loss_mask [N, L]) for pretraining a base model from scratch."""
 
 
+# Optional, for tasks whose correct set is enumerable (the graph task; the ratio test needs it):
+#     def correct_completions(self, prompt) -> tuple[np.ndarray, np.ndarray]:
+#         """(tokens [P, T] of every completion the verifier accepts, EOS included; labels [P])."""
+
+
 def make_task(params) -> Task:
     """The task a config section names (`params.name`)."""
     return TASKS.get(params.name, "task.name").target(params)

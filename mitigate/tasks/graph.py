@@ -213,6 +213,15 @@ class GraphTask:
                 prior[sel] = wc / sel.sum()
         return PathTable(paths_a, concepts_a, prior)
 
+    def correct_completions(self, prompt: Prompt) -> tuple[np.ndarray, np.ndarray]:
+        """Every completion the verifier accepts for `prompt` (the path and its EOS), [P, 6], with its
+        concept [P]: the correct set is enumerable here (each valid path crosses one community), so
+        probabilities restricted to it are exact (the ratio test, `metrics.ratio`)."""
+        t = self.path_table(prompt.start, prompt.goal)
+        keep = t.concepts != prompt.blocked
+        paths = np.hstack([t.paths[keep], np.full((int(keep.sum()), 1), EOS, dtype=np.int64)])
+        return paths, t.concepts[keep]
+
     def feasible_concepts(self, start: int, goal: int) -> np.ndarray:
         return np.unique(self.path_table(start, goal).concepts)
 
