@@ -122,6 +122,10 @@ class EvalConfig(Section):
                                         "linkage)", min=0.0, max=2.0)
     vendi_q: float = opt(1.0, "order q of the Vendi score (1: Shannon; larger q weighs the dominant answers more)",
                          min=0.0)
+    diversity_r: int = opt(8, "accuracy-free diversity: distinct labels and outputs expected among r correct "
+                              "samples per prompt (prompts with fewer than r correct are left out; 0 = off)", min=0)
+    ratio_test: bool = opt(True, "tasks with an enumerable correct set: the exact log-probabilities of every "
+                                 "correct output under the base and the model, for the theory's ratio test")
 
     def validate(self) -> None:
         if self.embedder not in EMBEDDERS:
@@ -143,6 +147,11 @@ class ReproduceConfig(Section):
                       min=100)
     demo_bias_samples: int = opt(64, "samples per demonstration in the base model's demonstration-bias probe",
                                  min=1)
+    sharpening: list = opt([], "sharpening control: the base sampled at these temperatures (< eval.temperature; "
+                               "no training), rows base@tT and a curve every method is judged against")
+    primary: list = opt([], "pre-registered primary endpoints, Holm-corrected as one family: [{name, method, "
+                            "reference, split, metric, direction: less|greater, margin}] (see metrics.primary)")
+    alpha: float = opt(0.05, "family-wise error rate of the primary endpoints (Holm)", min=1e-6, max=0.5)
 
 
 @dataclass

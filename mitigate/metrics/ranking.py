@@ -61,7 +61,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 def rank_methods(summary: dict, replicates: dict | None = None) -> dict:
     """Per ranked criterion, rank 1 = best; `mean rank` over the ranked criteria (with `mean rank
     ci95` from the replicates when given); `pass@1 rank` and `diversity rank` (ID concepts among
-    correct samples) on their own."""
+    r correct samples, accuracy-free, when measured; else among all correct samples) on their own."""
     names = list(summary["methods"])
     skip = set(saturated_columns(summary))
     cols = [c for c in criteria(summary) if c[0] not in skip]
@@ -71,7 +71,8 @@ def rank_methods(summary: dict, replicates: dict | None = None) -> dict:
             table[n][label] = float(r)
     for n, r in zip(names, _ranks(np.array([summary["methods"][n]["id"]["pass_at_k"]["1"] for n in names]))):
         table[n]["pass@1 rank"] = float(r)
-    concepts = np.array([summary["methods"][n]["id"].get("concepts", np.nan) for n in names], dtype=float)
+    diversity = "concepts_at_r" if all("concepts_at_r" in summary["methods"][n]["id"] for n in names) else "concepts"
+    concepts = np.array([summary["methods"][n]["id"].get(diversity, np.nan) for n in names], dtype=float)
     for n, r in zip(names, _ranks(np.nan_to_num(concepts, nan=-np.inf))):
         table[n]["diversity rank"] = float(r)
     for n in names:

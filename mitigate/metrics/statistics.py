@@ -125,3 +125,64 @@ def set_path(d, k, v):
     for p in k[:-1]:
         d = d.setdefault(p, {})
     d[k[-1]] = v
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control for any dependence): sort the m
+    p-values ascending, adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)); a hypothesis is
+    rejected at level alpha when its adjusted p-value is <= alpha."""
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"holm needs a list of p-values in [0, 1], got {p_values!r}")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+def bootstrap_p(replicates, margin: float = 0.0, direction: str = "less") -> float:
+    """One-sided bootstrap p-value of the claim `estimate < margin` (direction "less") or
+    `estimate > margin` ("greater"): the share of replicates on the other side of the margin,
+    (1 + #{wrong side}) / (1 + n) so that it is never 0. NaN replicates are left out."""
+    r = np.asarray(replicates, dtype=float)
+    r = r[np.isfinite(r)]
+    if direction not in ("less", "greater"):
+        raise ValueError(f"direction must be 'less' or 'greater', got {direction!r}")
+    if len(r) == 0:
+        return float("nan")
+    wrong = np.sum(r >= margin) if direction == "less" else np.sum(r <= margin)
+    return float((1 + wrong) / (1 + len(r)))
+
+
+def pool_task_replicates(per_task: list[dict[str, np.ndarray]], n_boot: int, seed=0) -> dict[str, np.ndarray]:
+    """The third bootstrap level: task seeds (each its own graph, prompts and training runs).
+
+    `per_task[t][method]` holds [n_boot_t, K] crossed-bootstrap replicates of task t (prompts and
+    seeds resampled within the task; methods paired by replicate index). One pooled replicate draws
+    T task seeds with replacement and, for every drawn copy, one of that task's replicates (the same
+    index for every method, so differences stay paired; copies of one task get independent draws),
+    and averages them: the pooled estimate is the mean over task seeds of the per-task estimates.
+    Returns {method: [n_boot, K]}."""
+    if not per_task:
+        raise ValueError("pool_task_replicates needs at least one task")
+    methods = set(per_task[0])
+    if any(set(t) != methods for t in per_task):
+        raise ValueError("every task must hold the same methods to pool them")
+    rng = np.random.default_rng(seed)
+    T = len(per_task)
+    tasks = rng.integers(T, size=(n_boot, T))  # [n_boot, T] drawn task of each copy
+    sizes = [len(next(iter(t.values()))) for t in per_task]
+    index = np.floor(rng.random((n_boot, T)) * np.array(sizes)[tasks]).astype(int)  # replicate per copy
+    out = {}
+    for m in methods:
+        K = per_task[0][m].shape[1]
+        copies = np.empty((n_boot, T, K))
+        for t in range(T):
+            drawn = tasks == t
+            copies[drawn] = per_task[t][m][index[drawn]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[m] = np.nanmean(copies, axis=1)
+    return out

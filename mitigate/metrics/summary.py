@@ -15,6 +15,7 @@ from collections import Counter
 
 import numpy as np
 
+from mitigate.metrics.ratio import RATIO_KEYS, slope
 from mitigate.metrics.statistics import (
     crossed_bootstrap,
     flat_keys,
@@ -29,8 +30,10 @@ from mitigate.metrics.statistics import (
 # reports only the keys it has (text diversity: tasks with completion texts, `metrics.semantic`)
 TEXT_DIVERSITY_KEYS = tuple(f"{kind}_{m}" for kind in ("semantic", "lexical")
                             for m in ("cosine_distance", "vendi", "clusters"))
+# accuracy-free diversity (among r correct samples, `diversity.distinct_among`) and the ratio test's
+# per-prompt sums (`metrics.ratio`): present when the evaluation measured them
 SCALARS = ("distinct_correct", "concepts", "concept_entropy", "top_concept_share", "token_entropy",
-           *TEXT_DIVERSITY_KEYS)
+           *TEXT_DIVERSITY_KEYS, "concepts_at_r", "distinct_correct_at_r", *RATIO_KEYS)
 
 
 def metric_keys(row: dict) -> list[tuple]:
@@ -66,7 +69,8 @@ def label_shares(rows: list[dict]) -> dict[str, float]:
 
 def summarize(rows: dict, paired_against=("grpo", "sdsd"), n_boot: int = 2000, seed: int = 0,
               level: float = 0.95) -> tuple[dict, dict]:
-    """(methods block of summary.json, replicates {split_key: {method: [n_boot, K]}} with their keys).
+    """(methods block of summary.json, {"keys", "replicates", "estimates"}: per split the metric paths,
+    {method: [n_boot, K]} crossed-bootstrap replicates and {method: [K]} point estimates).
 
     Per method: means over seeds of means over prompts, `ci95` (crossed bootstrap), `paired`
     differences against each of `paired_against` that is present ({"mean", "ci95"} of method minus
@@ -104,7 +108,40 @@ def summarize(rows: dict, paired_against=("grpo", "sdsd"), n_boot: int = 2000, s
             {s: _tree(keys_of[s], point_estimate(_table({sd: rows[m][sd][s]}, keys_of[s])).tolist())
              for s in splits})} for sd in seeds_of[m]]
         out[m] = entry
-    return out, {"keys": keys_of, "replicates": reps}
+    return out, {"keys": keys_of, "replicates": reps,
+                 "estimates": {s: {m: est[m, s] for m in methods} for s in splits}}
+
+
+def ratio_block(stats: dict, methods: list[str], paired_against=("grpo", "sdsd"), split: str = "id",
+                level: float = 0.95) -> dict:
+    """The ratio test per method (`metrics.ratio`): the pooled slope of the log-ratio change on the
+    pcmi difference and KL(pi(.|C) || p0(.|C)), each with its crossed-bootstrap interval, and the
+    paired differences against `paired_against`. Empty when the split has no ratio columns."""
+    keys = stats["keys"].get(split, [])
+    if ("ratio_sxy",) not in keys:
+        return {}
+    j = {k: keys.index((k,)) for k in RATIO_KEYS}
+
+    def values(m):
+        est, rep = stats["estimates"][split][m], stats["replicates"][split][m]
+        return ({"slope": float(slope(est[j["ratio_sxy"]], est[j["ratio_sxx"]])), "kl_correct": float(est[j["kl_correct"]])},
+                {"slope": slope(rep[:, j["ratio_sxy"]], rep[:, j["ratio_sxx"]]), "kl_correct": rep[:, j["kl_correct"]]})
+
+    out = {}
+    for m in methods:
+        est, rep = values(m)
+        entry = {"slope": est["slope"], "ci95": percentile_interval(rep["slope"][:, None], level)[0].tolist(),
+                 "kl_correct": est["kl_correct"],
+                 "kl_ci95": percentile_interval(rep["kl_correct"][:, None], level)[0].tolist(), "paired": {}}
+        for ref in paired_against:
+            if ref in methods and ref != m:
+                r_est, r_rep = values(ref)
+                entry["paired"][ref] = {
+                    k: {"mean": est[k] - r_est[k],
+                        "ci95": percentile_interval((rep[k] - r_rep[k])[:, None], level)[0].tolist()}
+                    for k in ("slope", "kl_correct")}
+        out[m] = entry
+    return out
 
 
 def frontier_gaps(replicates: dict, curves: dict[str, list[str]], points: list[str], x: tuple, ys: list[tuple],

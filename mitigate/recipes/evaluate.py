@@ -22,6 +22,7 @@ from mitigate.core.io import check_output_file, write_json
 from mitigate.core.resume import differences
 from mitigate.core.seeding import device_for, torch_stream
 from mitigate.metrics import ci_tree, ks_up_to, mean_metrics, prompt_metrics
+from mitigate.metrics.ratio import pcmi_bar, ratio_stats
 from mitigate.metrics.semantic import answer_diversity, make_embedder
 from mitigate.policies import CheckpointError, checkpoint_meta, load_policy, resolve_checkpoint
 from mitigate.rollout import generate
@@ -66,35 +67,114 @@ def text_diversity(task, eval_cfg):
 
 
 def prompt_rows(policy, task, prompts, n, temperature, generator, batch_size, desc="eval", quiet=True,
-                diversity=None) -> list[dict]:
+                diversity=None, r: int = 0) -> list[dict]:
     """Per-prompt metrics of n samples each (pass@k, diversity, token entropy); with `diversity`
-    (see `text_diversity`), also the diversity of the prompt's correct answers as text."""
-    r = generate(policy, task, prompts, n, temperature, generator, batch_size, desc, quiet)
-    tokens, ent = r.tokens.numpy(), r.token_entropy.numpy()
+    (see `text_diversity`), also the diversity of the prompt's correct answers as text; with r > 0,
+    the accuracy-free counts among r correct samples (`metrics.distinct_among`)."""
+    ro = generate(policy, task, prompts, n, temperature, generator, batch_size, desc, quiet)
+    tokens, ent = ro.tokens.numpy(), ro.token_entropy.numpy()
     ks = ks_up_to(n)
     rows = []
     for i in range(len(prompts)):
-        sl = r.rows(i)
+        sl = ro.rows(i)
         outputs = [tuple(x) for x in tokens[sl].tolist()]
-        row = prompt_metrics(r.correct[sl], outputs, r.labels[sl], ks)
+        row = prompt_metrics(ro.correct[sl], outputs, ro.labels[sl], ks, r)
         row["token_entropy"] = float(ent[sl].mean())
-        good = r.labels[sl][r.correct[sl]]
+        good = ro.labels[sl][ro.correct[sl]]
         if diversity is not None:
-            row.update(diversity([task.completion_text(t) for t in tokens[sl][r.correct[sl]]]))
+            row.update(diversity([task.completion_text(t) for t in tokens[sl][ro.correct[sl]]]))
         row["label_counts"] = {str(k): int(v) for k, v in zip(*np.unique(good, return_counts=True))}
         rows.append(row)
     return rows
 
 
-def evaluate_rows(policy, task, eval_cfg, generator, quiet: bool = True) -> dict[str, list[dict]]:
-    """{result key: per-prompt rows} over the ID split and every OOD split, one generator in turn."""
+def evaluate_rows(policy, task, eval_cfg, generator, quiet: bool = True, reference: dict | None = None
+                  ) -> dict[str, list[dict]]:
+    """{result key: per-prompt rows} over the ID split and every OOD split, one generator in turn.
+    With a `reference` (`ratio_reference` of the base on the ID prompts) and `eval.ratio_test`, the
+    ID rows also carry the ratio test's per-prompt sums (`metrics.ratio`), from exact scoring (no
+    sampling, so the samples are those of an evaluation without it)."""
     out = {}
     diversity = text_diversity(task, eval_cfg)
     for key, split in eval_splits(task, eval_cfg).items():
         prompts = split_prompts(task, split, eval_cfg.max_prompts)
         out[key] = prompt_rows(policy, task, prompts, eval_cfg.samples, eval_cfg.temperature, generator,
-                               eval_cfg.batch_size, desc=f"eval {split}", quiet=quiet, diversity=diversity)
+                               eval_cfg.batch_size, desc=f"eval {split}", quiet=quiet, diversity=diversity,
+                               r=eval_cfg.diversity_r)
+        if key == "id" and reference is not None and eval_cfg.ratio_test:
+            for row, stats in zip(out[key], ratio_rows(policy, prompts, reference, eval_cfg)):
+                row.update(stats)
     return out
+
+
+# ----------------------------------------------------------------------------- the ratio test
+
+@torch.no_grad()
+def sequence_logprobs(policy, contexts: list[list[int]], tokens: np.ndarray, temperature: float = 1.0,
+                      batch_size: int = 4096) -> np.ndarray:
+    """[N] exact log-probability of each completion (EOS included) after its context, under the
+    distribution the policy samples from at `temperature` (token-level: log_softmax(logits / T))."""
+    out = []
+    for lo in range(0, len(contexts), batch_size):
+        tok = torch.as_tensor(np.asarray(tokens[lo:lo + batch_size]), dtype=torch.long)
+        mask = policy.completion_mask(tok)
+        ctx = contexts[lo:lo + batch_size]
+        if temperature == 1.0:
+            lp = policy.token_logprobs(ctx, tok, mask)
+        else:
+            full = torch.log_softmax(policy.scores(ctx, tok, mask).materialise().float() / temperature, -1)
+            lp = full.gather(-1, tok.to(full.device).unsqueeze(-1)).squeeze(-1)
+        out.append((lp.float() * mask.to(lp.device)).sum(-1).cpu().double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def ratio_reference(base_policy, task, prompts, batch_size: int = 4096) -> dict | None:
+    """What the ratio test needs from the base, once per comparison: every correct output of each
+    prompt (`task.correct_completions`), its base log-probability log p0(y|x) and its pcmi_bar(y) =
+    E_{y* ~ p0(.|x, C)} [log p0(y|x, y*) - log p0(y|x)], with the teacher context of the task
+    (`metrics.ratio.pcmi_bar`: every correct output as a demonstration, weighted exactly). None for
+    a task whose correct set is not enumerable."""
+    if not callable(getattr(task, "correct_completions", None)):
+        return None
+    outputs = [task.correct_completions(q)[0] for q in prompts]
+    contexts = [q.tokens for q, ys in zip(prompts, outputs) for _ in ys]
+    base = sequence_logprobs(base_policy, contexts, np.concatenate(outputs) if contexts else np.zeros((0, 1)),
+                             1.0, batch_size)
+    teacher_ctx, teacher_tok = [], []
+    for q, ys in zip(prompts, outputs):
+        for demo in ys:
+            ctx = task.teacher_context(q, demo)
+            teacher_ctx += [ctx] * len(ys)
+            teacher_tok.append(ys)
+    teacher = sequence_logprobs(base_policy, teacher_ctx,
+                                np.concatenate(teacher_tok) if teacher_tok else np.zeros((0, 1)), 1.0, batch_size)
+    ref = {"prompts": [list(map(int, q.tokens)) for q in prompts], "outputs": [], "base_logp": [], "pcmi": []}
+    i = j = 0
+    for ys in outputs:
+        P = len(ys)
+        b = base[i:i + P]
+        ref["outputs"].append(ys.tolist())
+        ref["base_logp"].append(b.tolist())
+        ref["pcmi"].append(pcmi_bar(b, teacher[j:j + P * P].reshape(P, P)).tolist() if P else [])
+        i, j = i + P, j + P * P
+    return ref
+
+
+def ratio_rows(policy, prompts, reference: dict, eval_cfg) -> list[dict]:
+    """Per prompt, the ratio test's sums of `policy` at the evaluation temperature against the base
+    (`metrics.ratio.ratio_stats`); the reference must be of these prompts."""
+    if reference["prompts"] != [list(map(int, q.tokens)) for q in prompts]:
+        raise ValueError("the ratio-test reference was made on other prompts than the evaluated ID split "
+                         "(eval.id_split or eval.max_prompts changed): rebuild it")
+    contexts = [q.tokens for q, ys in zip(prompts, reference["outputs"]) for _ in ys]
+    flat = [y for ys in reference["outputs"] for y in ys]
+    logp = sequence_logprobs(policy, contexts, np.array(flat, dtype=np.int64).reshape(len(flat), -1),
+                             eval_cfg.temperature, eval_cfg.batch_size)
+    rows, i = [], 0
+    for b, pc in zip(reference["base_logp"], reference["pcmi"]):
+        rows.append(ratio_stats(b, logp[i:i + len(b)], pc))
+        i += len(b)
+    return rows
 
 
 def evaluate(policy, task, eval_cfg, seed: int, quiet: bool = False) -> dict:
@@ -110,7 +190,7 @@ def eval_record(rows: dict[str, list[dict]], eval_cfg) -> dict:
     ci = {k: ci_tree(v) for k, v in metric_rows.items()}
     ood = [k for k in rows if k != "id"]
     return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split,
-            "id": res["id"], "ood": {k: res[k] for k in ood},
+            "diversity_r": eval_cfg.diversity_r, "ratio_test": eval_cfg.ratio_test, "id": res["id"], "ood": {k: res[k] for k in ood},
             "ci95": {"id": ci["id"], "ood": {k: ci[k] for k in ood}},
             "per_prompt": {"id": rows["id"], "ood": {k: rows[k] for k in ood}}}
 

@@ -24,7 +24,8 @@ from mitigate.core.io import plan_run, read_json, resumable_run, versions, write
 from mitigate.core.seeding import device_for, torch_stream
 from mitigate.core.tracking import parse_report_to
 from mitigate.metrics.ranking import rank_methods, saturated_columns
-from mitigate.metrics.summary import frontier_gaps, summarize
+from mitigate.metrics.primary import check_endpoints, primary_block
+from mitigate.metrics.summary import frontier_gaps, ratio_block, summarize
 from mitigate.objectives import OBJECTIVES
 from mitigate.policies import load_policy, resolve_checkpoint
 from mitigate.recipes.common import (
@@ -42,6 +43,7 @@ from mitigate.recipes.evaluate import (
     eval_record,
     evaluate_rows,
     id_split,
+    ratio_reference,
     rows_from_record,
     split_prompts,
     text_diversity,
@@ -123,6 +125,11 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
     seeds = list(cfg.reproduce.seeds)
     task = make_task(cfg.task)
     text_diversity(task, cfg.eval)  # text tasks: the embedder loads (or fails) before any work
+    try:
+        endpoints = check_endpoints(cfg.reproduce.primary, [*methods, *map(sharpened, cfg.reproduce.sharpening)],
+                                    ["id", *task.ood_splits])
+    except ValueError as e:
+        raise C.ConfigError(str(e)) from e
     device = device_for(cfg.device)  # evaluation runs here; training places itself (accelerate)
     jobs = default_jobs(jobs, device.type)
     if base is not None:
@@ -148,11 +155,20 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
             base_ckpt = pretrain(cfg, tmp / "base", quiet=True, resume=True, report_to=report_to) / "checkpoint"
             base_policy, _ = load_policy(base_ckpt, device)
         rows, bias, folders = {}, None, {}
+        prompts = split_prompts(task, id_split(task, cfg.eval), cfg.eval.max_prompts)
+        reference_file = base_reference(base_policy, task, prompts, cfg.eval, tmp / "base")
+        reference = read_json(reference_file, "ratio-test reference") if reference_file else None
         if "base" in methods:  # a sweep on a shared base may leave it out of its table
-            rows["base"] = {cfg.seed: evaluate_and_record(base_policy, task, cfg.eval, cfg.seed, tmp / "base", quiet)}
-            prompts = split_prompts(task, id_split(task, cfg.eval), cfg.eval.max_prompts)
+            rows["base"] = {cfg.seed: evaluate_and_record(base_policy, task, cfg.eval, cfg.seed, tmp / "base", quiet,
+                                                          reference)}
             bias = demonstration_bias(base_policy, task, prompts, n=cfg.reproduce.demo_bias_samples,
                                       seed=cfg.seed, batch_size=cfg.eval.batch_size, quiet=True)
+            # ---- sharpening control: the base sampled at lower temperatures (no training)
+            for t in cfg.reproduce.sharpening:
+                eval_t = C.build(C.EvalConfig, {**C.to_dict(cfg.eval), "temperature": t})
+                rows[sharpened(t)] = {cfg.seed: evaluate_and_record(base_policy, task, eval_t, cfg.seed,
+                                                                    tmp / "base" / f"temperature-{t:g}", quiet,
+                                                                    reference)}
         bar.update(1)
         # ---- every method x seed (a "cell"): train from the base, evaluate on the same prompts; the
         # trade-off methods also at weaker updates (weights interpolated with the base). With
@@ -162,7 +178,8 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
         cells = sorted(((m, s) for m in train_methods for s in seeds), key=lambda c: c[0] not in curves)
         cell_args = {f"{m}-seed{s}": (C.to_dict(C.with_overrides(method_cfgs[m], {"seed": s})), str(base_ckpt),
                               str(tmp / f"{m}-seed{s}"), m, C.to_dict(cfg.eval), s,
-                              list(cfg.reproduce.interpolation) if m in curves else [], report_to)
+                              list(cfg.reproduce.interpolation) if m in curves else [], report_to,
+                              str(reference_file) if reference_file else "")
                      for m, s in cells}
         parallel = jobs > 1 and len(cell_args) > 1
         if parallel:  # every cell in a worker; the loop below then reads back what they wrote
@@ -181,32 +198,42 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
         bar.close()
         # ---- summary.json and summary.md
         summary_rows, replicates = summarize(rows, cfg.reproduce.paired_against, cfg.reproduce.n_boot, cfg.seed)
-        entries = {m: summary_rows[m] for m in methods if m in rows}
+        controls = [sharpened(t) for t in cfg.reproduce.sharpening if sharpened(t) in rows]
+        entries = {m: summary_rows[m] for m in [*methods, *controls] if m in rows}
         for m in train_methods:
             entries[m]["budget"] = mean_budget(folders[m])
         if "base" in entries:  # the base is where every run starts: it spends no post-training budget
             entries["base"]["budget"] = Budget().to_dict()
         summary = {"preset": cfg.preset, "wall_seconds": round(time.time() - t0, 1),
                    "id_split": cfg.eval.id_split, "base_checkpoint": str(base) if base else "base/checkpoint",
-                   "methods": entries, "budget": budget(cfg, method_cfgs)}
+                   "diversity_r": cfg.eval.diversity_r, "methods": entries, "budget": budget(cfg, method_cfgs)}
         if curves:
             summary["tradeoff"] = tradeoff_block(summary_rows, curves, cfg.reproduce.interpolation, replicates,
                                                  train_methods)
+        if controls:
+            summary["sharpening"] = sharpening_block(cfg.reproduce.sharpening, replicates, train_methods)
+        ratio = ratio_block(replicates, list(entries), cfg.reproduce.paired_against)
+        if ratio:
+            summary["ratio_test"] = {"methods": ratio, **ratio_counts(reference)}
+        if endpoints:
+            summary["primary"] = primary_block(endpoints, replicates, cfg.reproduce.alpha)
         if bias is not None:
             summary["base_demo_bias"] = bias
-        if len(summary["methods"]) > 1:
-            summary["ranking"] = rank_methods({"methods": entries}, replicates)
-            summary["not_ranked_saturated"] = saturated_columns({"methods": entries})
+        ranked = {m: e for m, e in entries.items() if m not in controls}  # the sharpening rows are a control
+        if len(ranked) > 1:
+            summary["ranking"] = rank_methods({"methods": ranked}, replicates)
+            summary["not_ranked_saturated"] = saturated_columns({"methods": ranked})
         write_json(tmp / "summary.json", summary)
         write_report(summary, tmp)
     return out
 
 
 def run_cell(cfg_dict: dict, base_ckpt: str, folder: str, method: str, eval_dict: dict, seed: int,
-             alphas: list[float], report_to: str, base_policy=None, quiet: bool = True):
+             alphas: list[float], report_to: str, reference_file: str = "", base_policy=None, quiet: bool = True):
     """Train one method with one seed from the base (or reuse the finished run), evaluate it, and
     evaluate its weaker updates at `alphas` (weights interpolated with the base). Returns (run
-    folder, its eval rows, {"METHOD@ALPHA": rows}). Plain arguments: a worker process runs it too."""
+    folder, its eval rows, {"METHOD@ALPHA": rows}). Plain arguments: a worker process runs it too.
+    `reference_file`: the base's ratio-test reference (`base_reference`), or "" for none."""
     cfg, eval_cfg, folder = C.from_dict(cfg_dict), C.build(C.EvalConfig, eval_dict), Path(folder)
     device = device_for(cfg.device)
     checkpointing.fault_point("reproduce", folder.name)
@@ -214,9 +241,10 @@ def run_cell(cfg_dict: dict, base_ckpt: str, folder: str, method: str, eval_dict
     task = make_task(cfg.task)
     trained = Lazy(lambda: load_policy(run, device)[0])
     base = Lazy(lambda: base_policy if base_policy is not None else load_policy(Path(base_ckpt), device)[0])
-    rows = evaluate_and_record(trained, task, eval_cfg, seed, run, quiet)
+    reference = read_json(Path(reference_file), "ratio-test reference") if reference_file else None
+    rows = evaluate_and_record(trained, task, eval_cfg, seed, run, quiet, reference)
     points = {f"{method}@{a:g}": evaluate_and_record(Lazy(lambda a=a: interpolated(base(), trained(), a)), task,
-                                                     eval_cfg, seed, run / f"interpolated-{a:g}", quiet)
+                                                     eval_cfg, seed, run / f"interpolated-{a:g}", quiet, reference)
               for a in alphas}
     return run, rows, points
 
@@ -242,13 +270,25 @@ def check_methods(cfg: C.Config) -> None:
     bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
     if bad or len(set(seeds)) != len(seeds):
         raise C.ConfigError(f"reproduce.seeds must be distinct integers >= 0, got {seeds!r}")
+    temps = cfg.reproduce.sharpening
+    if temps:
+        if "base" not in cfg.reproduce.methods:
+            raise C.ConfigError("reproduce.sharpening samples the base at lower temperatures: add 'base' to "
+                                "reproduce.methods, or set reproduce.sharpening=[]")
+        bad = [t for t in temps if isinstance(t, bool) or not isinstance(t, (int, float))
+               or not 0 < t < cfg.eval.temperature]
+        if bad or len(set(temps)) != len(temps):
+            raise C.ConfigError(f"reproduce.sharpening must list distinct temperatures in (0, eval.temperature = "
+                                f"{cfg.eval.temperature:g}), got {temps!r}")
 
 
-def evaluate_and_record(policy, task, eval_cfg, seed: int, folder: Path, quiet: bool) -> dict[str, list[dict]]:
+def evaluate_and_record(policy, task, eval_cfg, seed: int, folder: Path, quiet: bool, reference: dict | None = None
+                        ) -> dict[str, list[dict]]:
     """Evaluate with the seed's evaluation stream; the eval JSON (with per-prompt rows) goes to
     `folder/eval.json` so anyone can recompute the summary's statistics. An eval.json already there
     with these settings (a resumed comparison) is read back instead: its rows are the same numbers.
-    `policy` may be a `Lazy` one, built only when an evaluation is needed."""
+    `policy` may be a `Lazy` one, built only when an evaluation is needed. `reference`: the base's
+    ratio-test reference (`evaluate.ratio_reference`), or None."""
     path = folder / "eval.json"
     if path.is_file():
         record = read_json(path, "evaluation")
@@ -256,7 +296,7 @@ def evaluate_and_record(policy, task, eval_cfg, seed: int, folder: Path, quiet: 
             return rows_from_record(record)
     if isinstance(policy, Lazy):
         policy = policy()
-    rows = evaluate_rows(policy, task, eval_cfg, torch_stream(seed, "eval_trained"), quiet)
+    rows = evaluate_rows(policy, task, eval_cfg, torch_stream(seed, "eval_trained"), quiet, reference)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(path, {"seed": seed, **eval_record(rows, eval_cfg)})
     return rows
@@ -276,7 +316,50 @@ class Lazy:
 
 def eval_settings(eval_cfg) -> dict:
     """The settings an eval.json records, compared before one is reused."""
-    return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split}
+    return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split,
+            "diversity_r": eval_cfg.diversity_r, "ratio_test": eval_cfg.ratio_test}
+
+
+def sharpened(temperature: float) -> str:
+    """The name of the base sampled at a lower temperature (a sharpening-control row)."""
+    return f"base@t{temperature:g}"
+
+
+def base_reference(base_policy, task, prompts, eval_cfg, folder: Path) -> Path | None:
+    """The ratio test's base reference (`evaluate.ratio_reference`) in `folder/ratio_reference.json`,
+    made once per comparison (reused when resuming); None when the test is off or the task's correct
+    set is not enumerable."""
+    if not eval_cfg.ratio_test:
+        return None
+    path = folder / "ratio_reference.json"
+    if path.is_file():
+        ref = read_json(path, "ratio-test reference")
+        if ref.get("prompts") == [list(map(int, q.tokens)) for q in prompts]:
+            return path
+    ref = ratio_reference(base_policy, task, prompts, eval_cfg.batch_size)
+    if ref is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, ref)
+    return path
+
+
+def ratio_counts(reference: dict) -> dict:
+    """How many prompts and pairs of correct outputs the ratio test pools."""
+    sizes = [len(b) for b in reference["base_logp"]]
+    return {"n_prompts": sum(P >= 2 for P in sizes), "n_pairs": int(sum(P * (P - 1) // 2 for P in sizes))}
+
+
+def sharpening_block(temperatures: list, replicates: dict, judged: list[str]) -> dict:
+    """The sharpening control: the base at lower temperatures, as a curve (base, then each
+    temperature) every trained method is judged against at its ID pass@1, like the trade-off curves:
+    does a method narrow more than sampling the base more greedily does at the same accuracy?"""
+    members = ["base", *[sharpened(t) for t in sorted(temperatures, reverse=True)]]
+    keys = replicates["keys"]
+    ys = [("id", ("concepts_at_r",) if ("concepts_at_r",) in keys["id"] else ("concepts",))]
+    ys += [(s, max((k for k in keys[s] if k[0] == "pass_at_k"), key=lambda k: int(k[1]))) for s in keys if s != "id"]
+    return {"temperatures": sorted(temperatures, reverse=True), "methods": members[1:], "x": "id pass_at_k/1",
+            "gaps_above": frontier_gaps(replicates, {"sharpening": members}, judged, ("id", ("pass_at_k", "1")), ys)}
 
 
 def tradeoff_block(summary_rows: dict, curves: dict, alphas: list, replicates: dict, judged: list[str]) -> dict:
