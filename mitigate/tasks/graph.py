@@ -57,6 +57,12 @@ class GraphParams(Section):
     id_test_fraction: float = _f(0.4, "share of held-out pairs used for ID evaluation", min=0.05, max=0.9)
     max_path_len: int = _f(6, "longest rollout (in nodes) the verifier accepts", min=5)
     pretrain_pool: int = _f(200_000, "pretraining sequences generated once and sampled from", min=100)
+    rare_in_id: float = _f(0.0, "share of the rare-only pairs (every feasible concept rare), drawn from the task "
+                                "seed, that join the ID splits (id_train, id_val, id_test by their fractions) "
+                                "instead of the rare_only OOD split (0: none, the rare tail is OOD only)",
+                           min=0.0, max=1.0)
+    rare_in_pretrain: bool = _f(False, "the rare_in_id pairs join the ordinary pairs before the pretraining split, "
+                                       "so some are pretrained on (false: held out of pretraining, like rare_only)")
 
     def validate(self) -> None:
         if self.n_rare >= self.n_concepts:
@@ -102,7 +108,9 @@ class GraphTask:
     #     strategies passes. Its pass@1 is neutral to how a perfect model spreads over concepts
     #     (expected 1 - 1/|F|); its pass@k for large k rewards covering several.
     #   rare_only: pairs whose only feasible concepts are rare in pretraining; these pairs are in
-    #     neither pretraining nor post-training (unseen structure, reached only by rare strategies)
+    #     neither pretraining nor post-training (unseen structure, reached only by rare strategies).
+    #     With `rare_in_id` > 0 a share of such pairs, drawn from the task seed, joins the ordinary
+    #     pairs instead (an ID tail that rarer strategies solve); the rest stay here.
     ood_splits = {"closed_strategy": "ood_closed", "rare_only": "ood_rare"}
 
     # ------------------------------------------------------------------ graph
@@ -231,13 +239,23 @@ class GraphTask:
         p = self.params
         rng = np.random.default_rng([p.seed, 1])
         rare = set(range(p.n_concepts - p.n_rare, p.n_concepts))
-        ordinary, rare_only = [], []
+        ordinary, rare_only, every = [], [], []
         for s in self._layout["starts"]:
             for g in self._layout["goals"]:
                 feas = set(self.feasible_concepts(int(s), int(g)).tolist())
                 if not feas:
                     continue
                 (rare_only if feas <= rare else ordinary).append((int(s), int(g)))
+                every.append((int(s), int(g)))
+        extra = []  # rare-only pairs in the ID splits: an ID tail only rare strategies solve (by structure)
+        if p.rare_in_id > 0:
+            tail_rng = np.random.default_rng([p.seed, 4])  # its own stream: the other draws stay as they are
+            pick = tail_rng.permutation(len(rare_only))[:int(round(p.rare_in_id * len(rare_only)))]
+            extra, picked = [rare_only[i] for i in pick], set(pick.tolist())
+            rare_only = [q for i, q in enumerate(rare_only) if i not in picked]
+            if p.rare_in_pretrain:  # ordinary pairs in every respect, in the enumeration order
+                joined = set(ordinary) | set(extra)
+                ordinary, extra = [q for q in every if q in joined], []
         order = rng.permutation(len(ordinary))
         ordinary = [ordinary[i] for i in order]
         n_held = int(round(p.held_out_fraction * len(ordinary)))
@@ -245,6 +263,11 @@ class GraphTask:
         n_val = int(round(p.id_val_fraction * n_held))
         n_test = int(round(p.id_test_fraction * n_held))
         val, test, train = held[:n_val], held[n_val:n_val + n_test], held[n_val + n_test:]
+        if extra:  # held out of pretraining; each ID split gets its fraction of them, mixed in
+            x_val = int(round(p.id_val_fraction * len(extra)))
+            x_test = int(round(p.id_test_fraction * len(extra)))
+            parts = (val + extra[:x_val], test + extra[x_val:x_val + x_test], train + extra[x_val + x_test:])
+            val, test, train = ([part[i] for i in tail_rng.permutation(len(part))] for part in parts)
         out = {
             "pretrain": [Prompt(s, g, "pretrain") for s, g in pre],
             "id_train": [Prompt(s, g, "id_train") for s, g in train],

@@ -272,3 +272,95 @@ def test_bad_task_params_are_config_errors(override, key):
 def test_unknown_task_key_suggests():
     with pytest.raises(C.ConfigError, match="did you mean 'task.n_concepts'"):
         C.load(preset="smoke", overrides=["task.n_concept=3"])
+
+
+# ----------------------------------------------------------------------------- an ID tail of rare-only pairs
+
+HELD = ("id_train", "id_val", "id_test")
+
+
+def all_rare(task, s, g) -> bool:
+    rare = set(range(task.n_concepts - task.params.n_rare, task.n_concepts))
+    return set(task.feasible_concepts(s, g).tolist()) <= rare
+
+
+def test_rare_in_id_default_is_todays_task(task):
+    assert GraphParams().rare_in_id == 0.0 and GraphParams().rare_in_pretrain is False
+    for explicit in (small(0, rare_in_id=0.0), small(0, rare_in_pretrain=True)):  # no share: nothing moves
+        for split in SPLITS:
+            assert explicit.prompts(split) == task.prompts(split)
+        np.testing.assert_array_equal(explicit.pretraining_data()[0], task.pretraining_data()[0])
+    for split in ORDINARY:  # today: no ordinary pair is rare-only
+        assert not any(all_rare(task, s, g) for s, g in pairs(task, split))
+
+
+def check_disjoint(v):
+    for a in ORDINARY + ("ood_rare",):
+        for b in ORDINARY + ("ood_rare",):
+            if a < b:
+                assert not set(pairs(v, a)) & set(pairs(v, b)), (a, b)
+    assert set(pairs(v, "ood_closed")) <= set(pairs(v, "id_test"))
+
+
+def pretrained_pairs(v):
+    tokens, _ = v.pretraining_data()
+    plain, demo = tokens[:, 0] == BOS, tokens[:, 0] == DEMO
+    return set(map(tuple, tokens[plain][:, 1:3].tolist())) | set(map(tuple, tokens[demo][:, 7:9].tolist()))
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5, 1.0])
+def test_rare_in_id_puts_the_set_share_of_rare_only_pairs_in_the_id_splits_only(task, share):
+    v = small(0, rare_in_id=share)
+    np.testing.assert_array_equal(v.adjacency, task.adjacency)  # the same graph ...
+    before, after = set(pairs(task, "ood_rare")), set(pairs(v, "ood_rare"))
+    assert after <= before  # ... the rest of the rare tail stays OOD
+    moved = before - after
+    assert len(moved) == round(share * len(before))
+    check_disjoint(v)
+    # pretraining is today's (same pairs, same data: the same base model); the held-out ordinary
+    # pairs keep their split, and the moved pairs join the ID splits by the split fractions
+    assert v.prompts("pretrain") == task.prompts("pretrain")
+    np.testing.assert_array_equal(v.pretraining_data()[0], task.pretraining_data()[0])
+    for s in HELD:
+        got = set(pairs(v, s))
+        assert got - moved == set(pairs(task, s))
+        assert all(all_rare(v, *q) for q in got & moved)
+    tail = {s: len(set(pairs(v, s)) & moved) for s in HELD}
+    assert sum(tail.values()) == len(moved)
+    assert tail["id_val"] == round(v.params.id_val_fraction * len(moved))
+    assert tail["id_test"] == round(v.params.id_test_fraction * len(moved))
+    # mixed into each split, not appended (a prompt cap `eval.max_prompts` takes both kinds)
+    test = pairs(v, "id_test")
+    first = [q in moved for q in test[: len(test) // 2]]
+    assert any(first) and not all(first)
+
+
+def test_rare_in_id_with_pretrain_treats_them_as_ordinary_pairs(task):
+    v = small(0, rare_in_id=0.5, rare_in_pretrain=True)
+    before, after = set(pairs(task, "ood_rare")), set(pairs(v, "ood_rare"))
+    moved = before - after
+    assert after <= before and len(moved) == round(0.5 * len(before))
+    check_disjoint(v)
+    ordinary = {s: set(pairs(v, s)) for s in ORDINARY}
+    assert set().union(*ordinary.values()) == set().union(*(pairs(task, s) for s in ORDINARY)) | moved
+    assert all(len(ordinary[s] & moved) > 0 for s in ORDINARY)  # in pretraining and every held-out split
+    n_held = sum(len(ordinary[s]) for s in HELD)
+    assert n_held == round(v.params.held_out_fraction * (n_held + len(ordinary["pretrain"])))
+    assert pretrained_pairs(v) == ordinary["pretrain"]
+
+
+def test_rare_in_id_is_deterministic_and_follows_the_task_seed():
+    a, b = small(3, rare_in_id=0.5), small(3, rare_in_id=0.5)
+    for split in SPLITS:
+        assert a.prompts(split) == b.prompts(split)
+    assert small(4, rare_in_id=0.5).prompts("id_test") != a.prompts("id_test")
+
+
+def test_rare_in_id_all_leaves_no_rare_only_split():
+    assert small(0, rare_in_id=1.0).prompts("ood_rare") == []
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_rare_in_id_out_of_range_is_a_config_error(value):
+    with pytest.raises(C.ConfigError, match="task.rare_in_id"):
+        C.load(preset="smoke", overrides=[f"task.rare_in_id={value}"])
