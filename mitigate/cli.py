@@ -108,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table", help="one report over several reproduce/ablation folders")
     p.add_argument("summaries", nargs="+", help="reproduce output folders or their summary.json")
+    p.add_argument("--pool-tasks", action="store_true",
+                   help="the folders are one comparison on several task seeds: pool them with a third bootstrap "
+                        "level over task seeds, per-task results beside the pooled ones")
     _common(p, config=False, out_help="output folder (summary.md, summary.json)")
 
     p = sub.add_parser("theory", help="exact checks on enumerable spaces -> theory.json and tables")
@@ -226,8 +229,14 @@ def _dispatch(args) -> int:
 
         if args.overrides:
             raise mitigate.ConfigError("mitigate table reads finished summaries; it takes no --set overrides")
-        out = write_combined(args.summaries, Path(args.out), overwrite=args.overwrite)
-        print(f"combined table written to {out / 'summary.md'}")
+        if args.pool_tasks:
+            from mitigate.recipes.pool import write_pooled
+
+            out = write_pooled(args.summaries, Path(args.out), overwrite=args.overwrite)
+            print(f"pooled table over task seeds written to {out / 'summary.md'}")
+        else:
+            out = write_combined(args.summaries, Path(args.out), overwrite=args.overwrite)
+            print(f"combined table written to {out / 'summary.md'}")
     elif args.command == "theory":
         from mitigate.recipes.theory import run_theory
 

@@ -148,7 +148,8 @@ class ReproduceConfig(Section):
     demo_bias_samples: int = opt(64, "samples per demonstration in the base model's demonstration-bias probe",
                                  min=1)
     sharpening: list = opt([], "sharpening control: the base sampled at these temperatures (< eval.temperature; "
-                               "no training), rows base@tT and a curve every method is judged against")
+                               "no training), rows base@tT and a curve every method is judged against (when "
+                               "'base' is among reproduce.methods)")
     primary: list = opt([], "pre-registered primary endpoints, Holm-corrected as one family: [{name, method, "
                             "reference, split, metric, direction: less|greater, margin}] (see metrics.primary)")
     alpha: float = opt(0.05, "family-wise error rate of the primary endpoints (Holm)", min=1e-6, max=0.5)

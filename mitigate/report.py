@@ -33,6 +33,10 @@ def _columns(summary: dict) -> list[tuple[str, tuple]]:
     first = next(iter(summary["methods"].values()))
     ks = [k for k in ("1", "8", "64") if k in first["id"]["pass_at_k"]]
     cols = [(f"ID pass@{k}", ("id", "pass_at_k", k)) for k in ks]
+    r = summary.get("diversity_r")  # accuracy-free diversity first: it does not grow with accuracy
+    cols += [(f"{label} among {r} correct", ("id", key)) for label, key in (("concepts", "concepts_at_r"),
+                                                                            ("distinct correct", "distinct_correct_at_r"))
+             if key in first["id"]]
     cols += [(label, ("id", key)) for label, key in (("distinct correct", "distinct_correct"), ("concepts", "concepts"),
                                                       ("concept entropy", "concept_entropy"),
                                                       ("top-concept share", "top_concept_share"),
@@ -124,12 +128,66 @@ def tradeoff_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def primary_table(summary: dict) -> str:
+    """The pre-registered primary endpoints: paired difference, interval, one-sided and Holm p-values."""
+    lines = ["| endpoint | comparison | split | metric | claim | difference [95% CI] | p | Holm p | holds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for t in summary["primary"]["tests"]:
+        claim = f"{'<' if t['direction'] == 'less' else '>'} {t['margin']:+g}"
+        lo, hi = t["ci95"]
+        lines.append(f"| {t['name']} | {t['method']} − {t['reference']} | {t['split']} | {t['metric']} | {claim} | "
+                     f"{t['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {t['p_value']:.4f} | {t['p_holm']:.4f} | "
+                     f"{'yes' if t['holds'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def ratio_table(summary: dict) -> str:
+    """The ratio test per method, with paired differences of the slope against each reference."""
+    block = summary["ratio_test"]["methods"]
+    refs = [r for r in ("grpo", "sdsd") if r in block]
+    head = ["method", "slope [95% CI]", "KL(pi(.|C) || base(.|C)) [95% CI]"] + [f"slope − {r}" for r in refs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in block.items():
+        cells = [name, _fmt(m["slope"], m["ci95"]), _fmt(m["kl_correct"], m["kl_ci95"])]
+        cells += [_diff(m["paired"][r]["slope"]) if r in m["paired"] else "" for r in refs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sharpening_table(summary: dict) -> str:
+    """How far each trained method lies above the sharpening curve (the base at lower temperatures)."""
+    lines = ["| method | metric | gap above the sharpening curve | replicates outside its range |", "|---|---|---|---|"]
+    for name, by_curve in summary["sharpening"]["gaps_above"].items():
+        for metric, g in by_curve["sharpening"].items():
+            lo, hi = g["ci95"]
+            med = "n/a" if g["median"] is None else f"{g['median']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            star = "*" if (lo == lo and (lo > 0 or hi < 0) and g["outside_share"] < 0.05) else ""
+            lines.append(f"| {name} | {metric} | {med}{star} | {g['outside_share']:.2f} |")
+    return "\n".join(lines)
+
+
+def per_task_table(summary: dict) -> str:
+    """A pooled summary's per-task-seed results: the main columns of every method on each task seed."""
+    cols = [(h, p) for h, p in _columns(summary) if p[-1] in ("1", "concepts_at_r", "concepts") or
+            (p[0] == "ood" and p[-1] == max(next(iter(summary["methods"].values()))["ood"][p[1]]["pass_at_k"], key=int))]
+    lines = ["| task seed | method | " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for name, m in summary["methods"].items():
+        for t in m["per_task"]:
+            lines.append(f"| {t['task_seed']} | {name} | " + " | ".join(_fmt(_get(t, p), _get(t["ci95"], p))
+                                                                        for _, p in cols) + " |")
+    return "\n".join(lines)
+
+
 def report_markdown(summary: dict) -> str:
     b = summary.get("budget", {})
     title = "combined table" if "sources" in summary else "reproduce"
     parts = [f"# mitigate {title} — preset `{summary['preset']}`", ""]
     if "sources" in summary:
         parts += ["Sources: " + ", ".join(f"`{s}`" for s in summary["sources"]), ""]
+    if "pooled_task_seeds" in summary:
+        parts += [f"Pooled over task seeds {', '.join(map(str, summary['pooled_task_seeds']))}: a third bootstrap "
+                  "level resamples the task seeds (each its own graph, splits and base), so the intervals include "
+                  "task-to-task variation; per-task results are at the end.", ""]
     parts += [f"Wall time: {summary['wall_seconds']:.0f} s. Means over seeds of means over prompts; 95% intervals "
               "from a crossed bootstrap (one prompt resample shared by every method and seed, seeds resampled). "
               "Diversity is measured among correct samples. "
@@ -142,12 +200,32 @@ def report_markdown(summary: dict) -> str:
             regs = b.get("regularizers", {}).get(m) or []
             parts.append(f"- `{m}`: {o}" + (f" + {regs}" if regs else ""))
         parts.append("")
+    if "primary" in summary:
+        p = summary["primary"]
+        parts += ["## Primary endpoints", "", f"One family, Holm-corrected at alpha = {p['alpha']:g}: a claim holds "
+                  "when its Holm-adjusted one-sided bootstrap p-value is at most alpha. Every other number on this "
+                  "page is exploratory.", "", primary_table(summary), ""]
     parts += ["## pass@k and diversity", "", main_table(summary), ""]
     for ref in ("grpo", "sdsd"):
         table = paired_table(summary, ref)
         if table:
             parts += [f"## Paired differences: method minus `{ref}`", "",
                       "Same prompts, crossed bootstrap; * marks an interval that excludes zero.", "", table, ""]
+    if "ratio_test" in summary:
+        rt = summary["ratio_test"]
+        parts += ["## Ratio test", "", f"Over {rt['n_prompts']} ID prompts with at least two correct outputs "
+                  f"({rt['n_pairs']} pairs): the slope of the change of log p(y_i)/p(y_j) from the base to the model "
+                  "on pcmi_bar(y_i) − pcmi_bar(y_j) (pointwise CMI with a demonstration drawn from the base's "
+                  "correct distribution). 0: the base's ratios among correct outputs are kept (the RL optimum); "
+                  "1: SDSD's fixed point. KL is between the two distributions restricted to the correct set.", "",
+                  ratio_table(summary), ""]
+    if "sharpening" in summary:
+        sh = summary["sharpening"]
+        parts += ["## Sharpening control", "", "The base sampled at temperatures "
+                  + ", ".join(f"{t:g}" for t in sh["temperatures"]) + " (no training) draws a curve; gap = a method's "
+                  "metric minus the curve's at the method's ID pass@1 (negative: narrower than sharpening the base "
+                  "to the same accuracy). * = the interval excludes zero and fewer than 5% of replicates fall "
+                  "outside the curve's range.", "", sharpening_table(summary), ""]
     table = budget_table(summary)
     if table:
         parts += ["## Budget per training run", "", "Counted where the work happens (every sample, scoring "
@@ -180,6 +258,8 @@ def report_markdown(summary: dict) -> str:
                   "rank's interval is over crossed-bootstrap replicates."
                   + (f" Not ranked (every method's interval above 0.99): {', '.join(skip)}." if skip else ""),
                   "", ranking_table(summary), ""]
+    if "pooled_task_seeds" in summary:
+        parts += ["## Per task seed", "", per_task_table(summary), ""]
     parts += ["## Figures", "", "Drawn from summary.json by `python -m analysis figures <this folder>` "
               "(`make reproduce` runs it):", "", "![pass@k](pass_at_k.png)", ""]
     if "ranking" in summary:

@@ -46,14 +46,14 @@ def _table(by_seed: dict[int, list[dict]], keys: list[tuple]) -> np.ndarray:
     return np.array([[[get_path(r, k) for k in keys] for r in by_seed[s]] for s in sorted(by_seed)], dtype=float)
 
 
-def _tree(keys: list[tuple], values) -> dict:
+def tree(keys: list[tuple], values) -> dict:
     out: dict = {}
     for k, v in zip(keys, values):
         set_path(out, k, v)
     return out
 
 
-def _split_block(tree_by_split: dict[str, dict]) -> dict:
+def split_block(tree_by_split: dict[str, dict]) -> dict:
     """{"id": ..., "ood": {split: ...}} from {split_key: ...}."""
     return {"id": tree_by_split["id"], "ood": {k: v for k, v in tree_by_split.items() if k != "id"}}
 
@@ -92,20 +92,20 @@ def summarize(rows: dict, paired_against=("grpo", "sdsd"), n_boot: int = 2000, s
     for m in methods:
         entry = {
             "seeds": seeds_of[m],
-            **_split_block({s: _tree(keys_of[s], est[m, s].tolist()) for s in splits}),
-            "ci95": _split_block({s: _tree(keys_of[s], ci[m, s].tolist()) for s in splits}),
+            **split_block({s: tree(keys_of[s], est[m, s].tolist()) for s in splits}),
+            "ci95": split_block({s: tree(keys_of[s], ci[m, s].tolist()) for s in splits}),
         }
         entry["paired"] = {}
         for ref in paired_against:
             if ref in rows and ref != m:
-                entry["paired"][ref] = _split_block({
-                    s: _tree(keys_of[s], [{"mean": float(d), "ci95": c} for d, c in zip(
+                entry["paired"][ref] = split_block({
+                    s: tree(keys_of[s], [{"mean": float(d), "ci95": c} for d, c in zip(
                         est[m, s] - est[ref, s], percentile_interval(reps[s][m] - reps[s][ref], level).tolist())])
                     for s in splits})
-        entry["label_shares"] = _split_block({s: label_shares([r for sd in seeds_of[m] for r in rows[m][sd][s]])
+        entry["label_shares"] = split_block({s: label_shares([r for sd in seeds_of[m] for r in rows[m][sd][s]])
                                               for s in splits})
-        entry["per_seed"] = [{"seed": sd, **_split_block(
-            {s: _tree(keys_of[s], point_estimate(_table({sd: rows[m][sd][s]}, keys_of[s])).tolist())
+        entry["per_seed"] = [{"seed": sd, **split_block(
+            {s: tree(keys_of[s], point_estimate(_table({sd: rows[m][sd][s]}, keys_of[s])).tolist())
              for s in splits})} for sd in seeds_of[m]]
         out[m] = entry
     return out, {"keys": keys_of, "replicates": reps,

@@ -126,7 +126,8 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
     task = make_task(cfg.task)
     text_diversity(task, cfg.eval)  # text tasks: the embedder loads (or fails) before any work
     try:
-        endpoints = check_endpoints(cfg.reproduce.primary, [*methods, *map(sharpened, cfg.reproduce.sharpening)],
+        controls = [sharpened(t) for t in cfg.reproduce.sharpening] if "base" in methods else []
+        endpoints = check_endpoints(cfg.reproduce.primary, [*methods, *controls],
                                     ["id", *task.ood_splits])
     except ValueError as e:
         raise C.ConfigError(str(e)) from e
@@ -272,9 +273,6 @@ def check_methods(cfg: C.Config) -> None:
         raise C.ConfigError(f"reproduce.seeds must be distinct integers >= 0, got {seeds!r}")
     temps = cfg.reproduce.sharpening
     if temps:
-        if "base" not in cfg.reproduce.methods:
-            raise C.ConfigError("reproduce.sharpening samples the base at lower temperatures: add 'base' to "
-                                "reproduce.methods, or set reproduce.sharpening=[]")
         bad = [t for t in temps if isinstance(t, bool) or not isinstance(t, (int, float))
                or not 0 < t < cfg.eval.temperature]
         if bad or len(set(temps)) != len(temps):
