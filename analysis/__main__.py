@@ -2,13 +2,21 @@
 
     figures DIR...              PNG + PDF beside the JSON of each run folder:
         summary.json     -> pass_at_k, pareto (more than one method), concept_shares,
-                            training_dynamics (the runs' metrics.jsonl), sweep_<parameter> (a sweep)
+                            paired_differences (the paired block: each method minus GRPO and SDSD),
+                            training_dynamics and collapse_over_training (the runs' metrics.jsonl),
+                            sweep_<parameter> (a sweep); the sharpening rows (base@t<T>) as a
+                            grey family on pass_at_k and a grey curve on pareto
         theory.json      -> tilt_vs_base, iterated_dynamics, marginal_bias
         probe_rows.json  -> probe_tilt_vs_shift (rows with a measured shift only)
     tables DIR... --out OUT     LaTeX (booktabs) and Markdown tables of every summary.json
     paper DIR... --out paper    tables/, figures/ and generated/ for paper/main.tex
+    readme FILE.md... [--check] rewrite the generated tables of Markdown files from the summaries
+                                they name (`<!-- mitigate:table KIND SUMMARY_JSON [opts] -->` ...
+                                `<!-- /mitigate:table -->`, see analysis/readme.py); --check writes
+                                nothing and exits 1 with a diff when a block is stale
 
-Exit status 2, with nothing written, on a folder with nothing to read or a refused output.
+Exit status 2, with nothing written, on a folder with nothing to read, a refused output or a
+block that cannot be generated.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from pathlib import Path
 
 from analysis import figures as F
 from analysis import paper as P
+from analysis import readme as R
 from analysis import tables as T
-from mitigate.core.io import OutputError, check_not_input
+from mitigate.core.io import OutputError, check_not_input, write_text
 
 
 def draw(folder: Path) -> list[Path]:
@@ -37,9 +46,11 @@ def draw(folder: Path) -> list[Path]:
                 print(f"analysis: note: no pareto figure for '{folder}': the summary has no OOD split", file=sys.stderr)
             written += pareto or []
         written += F.plot_concept_shares(summary, folder / "concept_shares") or []
+        written += F.plot_paired_differences(summary, folder / "paired_differences") or []
         runs = F.dynamics_of(folder, summary)
         if runs:
             written += F.plot_training_dynamics(runs, folder / "training_dynamics") or []
+            written += F.plot_collapse_over_training(runs, folder / "collapse_over_training") or []
         if summary.get("sweep"):
             written += F.plot_sweep(summary, folder / "sweep")
     if (folder / "theory.json").is_file():
@@ -75,6 +86,32 @@ def write_tables(dirs: list[Path], out: Path, interval: str, command: str) -> li
     return written
 
 
+def readme(files: list[Path], check: bool, root: Path) -> int:
+    """0: every file up to date (or rewritten); 1: --check found a stale block; 2: an error, with
+    nothing written (every file is generated before any is written)."""
+    missing = [p for p in files if not p.is_file()]
+    for path in missing:
+        print(f"analysis readme: error: '{path}' is not a file", file=sys.stderr)
+    if missing:
+        return 2
+    try:
+        texts = [(path, path.read_text(), R.render(path.read_text(), root, str(path))) for path in files]
+    except R.ReadmeError as e:
+        print(f"analysis readme: error: {e}", file=sys.stderr)
+        return 2
+    stale = False
+    for path, old, new in texts:
+        if new == old:
+            print(f"{path}: up to date ({len(R.blocks(old))} generated blocks)")
+        elif check:
+            stale = True
+            print(f"{path}: stale; `python -m analysis readme {path}` rewrites it\n{R.diff(old, new, str(path))}")
+        else:
+            write_text(path, new)
+            print(f"wrote {path}")
+    return 1 if stale else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n")[0])
@@ -88,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--interval", choices=T.INTERVALS, default="ci",
                        help="ci: mean [lo, hi] (default); pm: mean +- half the 95%% interval's width")
+    p = sub.add_parser("readme", help="rewrite the generated tables of Markdown files from their summaries")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 with a diff if a block is stale")
+    p.add_argument("--root", type=Path, default=R.ROOT,
+                   help="folder the summary paths are relative to (default: the repository)")
     a = ap.parse_args(argv)
+    if a.command == "readme":
+        return readme(a.files, a.check, a.root)
     bad = [d for d in a.dirs if not any((d / f).is_file() for f in ("summary.json", "theory.json"))]
     for d in bad:
         why = "does not exist" if not d.exists() else "holds neither summary.json nor theory.json"

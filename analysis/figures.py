@@ -21,13 +21,18 @@ from analysis.style import (
     BLUE,
     COLUMN_WIDTH,
     FIXED,
+    FIXED_MARKERS,
     GREEN,
     ORANGE,
     OTHERS,
     RC,
+    SHARPENING_LABEL,
+    SHARPENING_PREFIX,
     SKY_BLUE,
     TEXT_WIDTH,
+    is_sharpening,
     method_style,
+    sharpening_grey,
 )
 from mitigate.core.io import atomic_path
 
@@ -93,13 +98,28 @@ def method_order(summary: dict, order: Sequence[str] | None) -> list[str]:
     return names + [m for m in summary["methods"] if m not in names]
 
 
+def sharpening_rows(summary: dict) -> list[tuple[float, str]]:
+    """(temperature, method name) of the sharpening control's rows present in the summary, highest
+    temperature first: from summary["sharpening"], else from names `base@t<T>`. [] without any."""
+    block = summary.get("sharpening") or {}
+    pairs = list(zip(block.get("temperatures", []), block.get("methods", [])))
+    if not pairs:
+        for name in summary["methods"]:
+            try:
+                pairs.append((float(name.removeprefix(SHARPENING_PREFIX)), name))
+            except ValueError:
+                continue
+    return sorted(((float(t), n) for t, n in pairs if n in summary["methods"]), key=lambda p: -p[0])
+
+
 @styled
 def plot_pass_at_k(summary: dict, path: str | Path, order: Sequence[str] | None = None) -> list[Path]:
     """pass@k against k (log2), one panel per split, 95% intervals as light bands (as thin bars
     past BANDS_UP_TO methods). Methods are dodged by a few hundredths of a doubling so that equal
     curves stay visible side by side."""
     names = method_order(summary, order)
-    drawn = [m for m in names if m in summary["methods"]]
+    drawn = [m for m in names if m in summary["methods"] and not is_sharpening(m)]
+    sharp = sharpening_rows(summary)
     dodge = {m: 2 ** (0.025 * (i - (len(drawn) - 1) / 2)) for i, m in enumerate(drawn)}
     panels = [("ID", None)] + [(f"OOD: {s}", s) for s in ood_splits(summary)]
     ncols = min(len(panels), 3)
@@ -125,6 +145,14 @@ def plot_pass_at_k(summary: dict, path: str | Path, order: Sequence[str] | None 
                 ax.errorbar(x, y, yerr=[[max(v - ci[i][0], 0) for v, i in zip(y, k)],
                                         [max(ci[i][1] - v, 0) for v, i in zip(y, k)]],
                             fmt="none", ecolor=style["color"], elinewidth=0.6, alpha=0.7)
+        for j, (t, name) in enumerate(sharp):  # the sharpening control: a thin grey family, one label
+            pk = _block(summary["methods"][name], split)[0]
+            if not pk:
+                continue
+            k = sorted(pk, key=int)
+            ks.update(int(i) for i in k)
+            ax.plot([int(i) for i in k], [pk[i] for i in k], color=sharpening_grey(t, [p[0] for p in sharp]),
+                    lw=0.7, zorder=1, label=SHARPENING_LABEL if j == 0 else f"_{SHARPENING_LABEL} T={t:g}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(ks), [str(k) for k in sorted(ks)])
         ax.minorticks_off()
@@ -201,14 +229,15 @@ def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = N
     split, names = splits[0], method_order(summary, order)
     k_id = min(next(iter(summary["methods"].values()))["id"]["pass_at_k"], key=int)
     k_ood = max((k for m in summary["methods"].values() for k in (_block(m, split)[0] or {})), key=int)
-    n_points = sum(1 for m in summary["methods"].values() if k_ood in (_block(m, split)[0] or {}))
+    n_points = sum(1 for n, m in summary["methods"].items()
+                   if k_ood in (_block(m, split)[0] or {}) and not is_sharpening(n))
     crowded = n_points > LABELLED_POINTS  # past this, labels beside points collide: a legend below instead
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.9 + (0.14 * ((n_points + 2) // 2) if crowded else 0)),
                            layout="constrained")
     points, labels = [], []
     for name, m in summary["methods"].items():
         (pk_id, ci_id), (pk_ood, ci_ood) = _block(m, None), _block(m, split)
-        if not pk_ood or k_ood not in pk_ood:
+        if not pk_ood or k_ood not in pk_ood or is_sharpening(name):
             continue
         x, y = pk_id[k_id], pk_ood[k_ood]
         xerr = _err(x, ci_id[k_id]) if ci_id else None
@@ -226,6 +255,15 @@ def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = N
             xs, ys = zip(*pts)
             ax.plot(xs, ys, ":", color=method_style(curve_name, names)["color"], lw=1.2, alpha=0.8, zorder=0,
                     label=f"{curve_name}, weaker updates")
+    # sharpening control: base and the base at lower temperatures, ordered by ID pass@1
+    sharp = [n for _, n in sharpening_rows(summary)]
+    pts = [(_block(summary["methods"][n], None)[0][k_id], _block(summary["methods"][n], split)[0][k_ood])
+           for n in (["base"] if "base" in summary["methods"] else []) + sharp
+           if k_ood in (_block(summary["methods"][n], split)[0] or {})]
+    if sharp and len(pts) > 1:
+        xs, ys = zip(*sorted(pts))
+        ax.plot(xs, ys, "-", color="0.55", lw=0.9, marker=".", ms=4, zorder=0,
+                label="sharpening (base at lower T)")
     ax.set_xlabel(f"ID pass@{k_id}")
     ax.set_ylabel(f"OOD {split} pass@{k_ood}")
     ax.set_title(textwrap.fill(f"ID pass@{k_id} vs. OOD {split} pass@{k_ood} (95% intervals)", 55))
@@ -234,6 +272,121 @@ def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = N
         legend_below(fig, ncol=2)
     else:
         _place_labels(ax, points, labels)
+        lines = [(h, lab) for h, lab in zip(*ax.get_legend_handles_labels()) if isinstance(h, Line2D)]
+        if lines:  # the curves (trade-off, sharpening) are named below; the points beside themselves
+            legend_below(fig, *map(list, zip(*lines)), ncol=2)
+    return save(fig, path)
+
+
+PAIRED_REFS = ("grpo", "sdsd")  # the references of the headline figure, in this order
+
+
+def _top_k(pk: dict) -> str:
+    return max(pk, key=int)
+
+
+def headline_metrics(summary: dict) -> list[tuple[str, tuple]]:
+    """(label, path into a paired block) of the headline metrics: ID pass@1, ID pass@k_max, ID
+    accuracy-free concepts (`concepts_at_r`; `concepts` in a summary without it) and each OOD
+    split's pass@k_max. k_max: the largest k every (non-sharpening) method measured."""
+    trained = [m for n, m in summary["methods"].items() if not is_sharpening(n)] or list(summary["methods"].values())
+    k_id = str(min(int(_top_k(m["id"]["pass_at_k"])) for m in trained))
+    out = [("ID pass@1", ("id", "pass_at_k", "1"))]
+    if k_id != "1":
+        out.append((f"ID pass@{k_id}", ("id", "pass_at_k", k_id)))
+    if any("concepts_at_r" in m["id"] for m in trained):
+        out.append((f"ID concepts@{summary.get('diversity_r', 'r')}", ("id", "concepts_at_r")))
+    elif any("concepts" in m["id"] for m in trained):
+        out.append(("ID concepts", ("id", "concepts")))
+    for split in ood_splits(summary):
+        pks = [m["ood"][split]["pass_at_k"] for m in trained if split in m.get("ood", {})]
+        if pks:
+            k = str(min(int(_top_k(pk)) for pk in pks))
+            out.append((f"{split} pass@{k}", ("ood", split, "pass_at_k", k)))
+    return out
+
+
+def paired_rows(summary: dict, order: Sequence[str] | None = None) -> list[str]:
+    """The rows of the paired-difference figure: every trained method with a paired block, then
+    the base and the sharpening rows (highest temperature first). A reference is left out when
+    its only difference mirrors one already drawn (GRPO vs SDSD is drawn as SDSD vs GRPO)."""
+    methods = summary["methods"]
+
+    def mirrored(name: str) -> bool:
+        refs = [r for r in methods[name].get("paired", {}) if r in PAIRED_REFS]
+        return name in PAIRED_REFS and all(PAIRED_REFS.index(r) > PAIRED_REFS.index(name)
+                                           and name in methods.get(r, {}).get("paired", {}) for r in refs)
+
+    has = [m for m in method_order(summary, order) if m in methods
+           and any(r in methods[m].get("paired", {}) for r in PAIRED_REFS) and not mirrored(m)]
+    sharp = [n for _, n in sharpening_rows(summary)]
+    trained = [m for m in has if m != "base" and m not in sharp]
+    return trained + [m for m in ["base", *sharp] if m in has]
+
+
+def _excludes_zero(ci) -> bool:
+    return ci is not None and all(_finite(v) for v in ci) and (ci[0] > 0 or ci[1] < 0)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+REF_LABELS = {"grpo": "GRPO", "sdsd": "SDSD"}
+
+
+@styled
+def plot_paired_differences(summary: dict, path: str | Path, order: Sequence[str] | None = None) -> list[Path] | None:
+    """The headline figure: each method minus GRPO and minus SDSD (paired over prompts and seeds),
+    with the 95% paired interval, one panel per headline metric (`headline_metrics`). A marker is
+    filled when its interval excludes 0, hollow when it does not. Trained methods first, then the
+    base and the sharpening rows below a thin line. None when no method has a paired block."""
+    rows = paired_rows(summary, order)
+    if not rows:
+        return None
+    metrics = headline_metrics(summary)
+    refs = [r for r in PAIRED_REFS if any(r in summary["methods"][m].get("paired", {}) for m in rows)]
+    offsets = {r: 0.0 if len(refs) == 1 else 0.34 * (i / (len(refs) - 1) - 0.5) for i, r in enumerate(refs)}
+    ncols = min(len(metrics), 3)
+    nrows = math.ceil(len(metrics) / ncols)
+    width = COLUMN_WIDTH if ncols <= 2 else TEXT_WIDTH
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, nrows * (0.17 * len(rows) + 0.55) + 0.45), sharey=True,
+                             squeeze=False, layout="constrained")
+    y = np.arange(len(rows))
+    n_trained = sum(1 for m in rows if m != "base" and not is_sharpening(m))
+    for ax, (label, mpath) in zip(axes.flat, metrics):
+        ax.axvline(0, color="0.3", lw=0.6, zorder=0)
+        for i, name in enumerate(rows):
+            for ref in refs:
+                d = summary["methods"][name].get("paired", {}).get(ref)
+                try:
+                    cell = _at(d, mpath)
+                except (KeyError, TypeError):
+                    continue
+                v, ci = cell.get("mean"), cell.get("ci95")
+                if not _finite(v):
+                    continue
+                color = FIXED[ref] if ref in FIXED else "0.3"
+                filled = _excludes_zero(ci)
+                err = np.array(_err(v, ci)) if ci and all(_finite(c) for c in ci) else None
+                ax.errorbar([v], [i + offsets[ref]], xerr=err, fmt=FIXED_MARKERS.get(ref, "o"), color=color, ms=3.5,
+                            mfc=color if filled else "none", mec=color, mew=0.8, elinewidth=0.8, capsize=1.5,
+                            label=f"{name} - {ref}")
+        if 0 < n_trained < len(rows):
+            ax.axhline(n_trained - 0.5, color="0.6", lw=0.5)
+        ax.set_title(label)
+        ax.grid(axis="y", visible=False)
+    for ax in axes[-1]:
+        ax.set_xlabel("difference")
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    axes[0, 0].set_yticks(y, rows)
+    axes[0, 0].set_ylim(len(rows) - 0.5, -0.5)  # first row on top
+    handles = [Line2D([], [], color=FIXED.get(r, "0.3"), marker=FIXED_MARKERS.get(r, "o"), ls="",
+                      label=f"minus {REF_LABELS.get(r, r)}") for r in refs]
+    handles += [Line2D([], [], color="0.3", marker="o", ls="", label="95% interval excludes 0"),
+                Line2D([], [], color="0.3", marker="o", mfc="none", ls="", label="includes 0")]
+    legend_below(fig, handles, [h.get_label() for h in handles], ncol=4)
     return save(fig, path)
 
 
@@ -311,17 +464,27 @@ def dynamics_of(folder: Path, summary: dict) -> dict[str, list[list[dict]]]:
     return out
 
 
+COLLAPSE = (("probe_pass_at_1", "probe pass@1"), ("probe_pass_at_n", "probe pass@n"),
+            ("probe_concepts_at_r", "probe concepts@r"))
+COLLAPSE_NEW = ("probe_pass_at_n", "probe_concepts_at_r")  # without either, the figure adds nothing
+
+
+def _present(runs: dict[str, list[list[dict]]], key: str) -> bool:
+    return any(r.get(key) is not None for seeds in runs.values() for rows in seeds for r in rows)
+
+
 @styled
 def plot_training_dynamics(runs: dict[str, list[list[dict]]], path: str | Path,
-                           order: Sequence[str] | None = None) -> list[Path] | None:
-    """Reward, probe pass@1, probe concepts, token entropy and KL to the base against the training
-    step: the mean over seeds as a line, the range over seeds as a band. None without data."""
-    keys = [(k, label) for k, label in DYNAMICS if any(k in r for seeds in runs.values() for rows in seeds
-                                                       for r in rows)]
+                           order: Sequence[str] | None = None, metrics: Sequence[tuple[str, str]] = DYNAMICS,
+                           ncols: int = 2) -> list[Path] | None:
+    """Reward, probe pass@1, probe concepts, token entropy and KL to the base (or `metrics`:
+    (key, label) pairs) against the training step: the mean over seeds as a line, the range over
+    seeds as a band. A key no run logged gets no panel. None without data."""
+    keys = [(k, label) for k, label in metrics if _present(runs, k)]
     if not keys:
         return None
     names = list(order or []) + [m for m in runs if m not in (order or [])]
-    ncols = 2
+    ncols = min(ncols, len(keys))
     nrows = math.ceil(len(keys) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH, 1.25 * nrows + 0.9), squeeze=False, sharex=True,
                              layout="constrained")
@@ -349,6 +512,16 @@ def plot_training_dynamics(runs: dict[str, list[list[dict]]], path: str | Path,
             handles.setdefault(lab, h)
     legend_below(fig, list(handles.values()), list(handles), ncol=3)
     return save(fig, path)
+
+
+def plot_collapse_over_training(runs: dict[str, list[list[dict]]], path: str | Path,
+                                order: Sequence[str] | None = None) -> list[Path] | None:
+    """The collapse over training: probe pass@1, probe pass@n (n = the probe's samples) and the
+    accuracy-free probe concepts@r against the step, per method, mean over seeds with the range
+    over seeds as a band. None for runs that logged neither pass@n nor concepts@r (older runs)."""
+    if not any(_present(runs, k) for k in COLLAPSE_NEW):
+        return None
+    return plot_training_dynamics(runs, path, order, COLLAPSE, ncols=3)
 
 
 def sweep_axes(summary: dict) -> dict[str, list[list[str]]]:

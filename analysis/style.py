@@ -1,5 +1,6 @@
 """One look for every figure: the Okabe-Ito palette (colour-blind safe), a fixed colour and marker
-per method, paper-column sizes and 8 pt text."""
+per method, paper-column sizes and 8 pt text. The sharpening control's rows (`base@t<T>`: the base
+sampled at a lower temperature) are a grey family that takes no colour from the methods."""
 
 from __future__ import annotations
 
@@ -28,12 +29,36 @@ RC = {
 }
 
 
+SHARPENING_PREFIX = "base@t"  # rows of the sharpening control: base@t0.8, base@t0.6, ...
+SHARPENING_LABEL = "base, lower T"
+GREY_DARK, GREY_LIGHT = 0.3, 0.75  # grey levels of the highest and the lowest sharpening temperature
+
+
+def is_sharpening(name: str) -> bool:
+    """A row of the sharpening control (the base at a lower temperature, no training)."""
+    return str(name).startswith(SHARPENING_PREFIX)
+
+
+def sharpening_grey(t: float, temperatures: Sequence[float]) -> str:
+    """Grey of temperature `t` within its family: lighter for a lower temperature."""
+    lo, hi = min(temperatures), max(temperatures)
+    frac = 0.0 if hi == lo else (hi - t) / (hi - lo)
+    return str(round(GREY_DARK + (GREY_LIGHT - GREY_DARK) * frac, 3))
+
+
+def _coloured(order: Sequence[str]) -> list[str]:
+    return [m for m in order if m not in FIXED and not is_sharpening(m)]
+
+
 def method_color(name: str, order: Sequence[str]) -> str:
     """base, grpo and sdsd always get the same colour; every other method the next free colour in
-    the order it has among the non-fixed names of `order` (the summary's method order)."""
+    the order it has among the non-fixed names of `order` (the summary's method order). Sharpening
+    rows are mid grey (the figures shade them by temperature) and take no colour from the others."""
     if name in FIXED:
         return FIXED[name]
-    others = [m for m in order if m not in FIXED]
+    if is_sharpening(name):
+        return "0.5"
+    others = _coloured(order)
     if name not in others:
         raise ValueError(f"method '{name}' is not in {list(order)}")
     return OTHERS[others.index(name) % len(OTHERS)]
@@ -45,5 +70,7 @@ def method_style(name: str, order: Sequence[str]) -> dict:
     color = method_color(name, order)
     if name in FIXED:
         return {"color": color, "marker": FIXED_MARKERS[name], "linestyle": "-"}
-    j = [m for m in order if m not in FIXED].index(name)
+    if is_sharpening(name):
+        return {"color": color, "marker": ".", "linestyle": ":"}
+    j = _coloured(order).index(name)
     return {"color": color, "marker": MARKERS[j % len(MARKERS)], "linestyle": "--" if j >= len(OTHERS) else "-"}

@@ -37,7 +37,7 @@ from mitigate.core.io import (
 )
 from mitigate.core.seeding import device_for, numpy_stream, torch_stream
 from mitigate.core.tracking import Trackers, parse_report_to
-from mitigate.metrics import pass_at_k
+from mitigate.metrics import distinct_among, pass_at_k
 from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
 from mitigate.objectives.base import make_term
 from mitigate.ops import aggregate, k3_kl, masked_mean, reverse_kl_anchor
@@ -59,15 +59,23 @@ def prompt_order(n: int, steps: int, per_step: int, seed: int) -> np.ndarray:
 
 
 def probe(policy, task, cfg: C.Config, generator: torch.Generator) -> dict:
-    """pass@1 and distinct labels on the first `probe_prompts` validation prompts."""
+    """pass@1, pass@n and distinct labels on the first `probe_prompts` validation prompts (n =
+    `probe_samples`), and the accuracy-free count `probe_concepts_at_r`: distinct labels expected
+    among r = `eval.diversity_r` correct samples, averaged over the prompts with at least r correct
+    (None when no prompt has r, or r = 0). All from the same samples: no extra random draw."""
     prompts = task.prompts(task.val_split)[: cfg.train.probe_prompts]
     n = cfg.train.probe_samples
     r = generate(policy, task, prompts, n, cfg.eval.temperature, generator, cfg.eval.batch_size)
     c = r.correct.reshape(len(prompts), n)
     labels = r.labels.reshape(len(prompts), n)
+    correct_labels = [labels[i][c[i]] for i in range(len(prompts))]
+    at = cfg.eval.diversity_r
+    at_r = [distinct_among(x.tolist(), at) for x in correct_labels if at and len(x) >= at]
     return {"probe_pass_at_1": float(np.mean([pass_at_k(n, int(x), 1) for x in c.sum(1)])),
-            "probe_concepts": float(np.mean([len(set(labels[i][c[i]])) for i in range(len(prompts))])),
-            "probe_token_entropy": float(r.token_entropy.numpy().mean())}
+            "probe_concepts": float(np.mean([len(set(x)) for x in correct_labels])),
+            "probe_token_entropy": float(r.token_entropy.numpy().mean()),
+            "probe_pass_at_n": float(np.mean([pass_at_k(n, int(x), n) for x in c.sum(1)])),
+            "probe_concepts_at_r": float(np.mean(at_r)) if at_r else None}
 
 
 def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = False, quiet: bool = False,
