@@ -194,8 +194,41 @@ def primary_table(summary: dict, options: dict) -> str:
     return markdown_table(header, rows, left=6)
 
 
+def _gap_rows(gaps: dict, names: list[str]) -> list[list[str]]:
+    """Rows (method, curve, metric, gap [CI], share outside) of a `gaps_above` block; bold where the
+    interval excludes 0 and fewer than 5% of replicates fall outside the curve's range."""
+    rows = []
+    for name in names:
+        for curve, by_metric in gaps.get(name, {}).items():
+            for metric, g in by_metric.items():
+                ok = g.get("outside_share", 1.0) < 0.05
+                rows.append([md_escape(name), md_escape(curve), md_escape(metric),
+                             value_cell(g.get("median"), g.get("ci95"), signed=True, bold_if_excludes_zero=ok),
+                             f"{g.get('outside_share', float('nan')):.2f}"])
+    return rows
+
+
+def sharpening_table(summary: dict, options: dict) -> str:
+    """Each trained method's gap above the sharpening curve (the base at lower temperatures)."""
+    gaps = (summary.get("sharpening") or {}).get("gaps_above") or {}
+    if not gaps:
+        return "_No sharpening control in this summary._"
+    return markdown_table(["method", "curve", "metric", "gap above the curve", "outside range"],
+                          _gap_rows(gaps, _select(list(gaps), options)), left=3)
+
+
+def tradeoff_table(summary: dict, options: dict) -> str:
+    """Each method's gap above the trade-off curves (GRPO's and SDSD's weaker updates)."""
+    gaps = (summary.get("tradeoff") or {}).get("gaps_above") or {}
+    if not gaps:
+        return "_No trade-off curves in this summary._"
+    return markdown_table(["method", "curve", "metric", "gap above the curve", "outside range"],
+                          _gap_rows(gaps, _select(list(gaps), options)), left=3)
+
+
 KINDS: dict[str, Callable[[dict, dict], str]] = {"main": main_table, "paired": paired_table, "ratio": ratio_table,
-                                                 "primary": primary_table}
+                                                 "primary": primary_table, "sharpening": sharpening_table,
+                                                 "tradeoff": tradeoff_table}
 
 
 # ---------------------------------------------------------------------------------------------

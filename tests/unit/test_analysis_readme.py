@@ -130,3 +130,18 @@ def test_code_blocks_are_left_alone():
 
 def test_missing_file_exits_2(tmp_path):
     assert main(["readme", str(tmp_path / "nope.md")]) == 2
+
+
+def test_sharpening_and_tradeoff_kinds_print_gaps_bold_only_when_clear():
+    from analysis import readme as R
+
+    g = {"median": -0.12, "ci95": [-0.2, -0.05], "outside_share": 0.0}
+    unclear = {"median": -0.12, "ci95": [-0.2, -0.05], "outside_share": 0.3}
+    summary = {"methods": {}, "sharpening": {"gaps_above": {"sdsd": {"sharpening": {"id concepts_at_r": g,
+                                                                                    "rare_only pass_at_k/64": unclear}}}},
+               "tradeoff": {"gaps_above": {"sdsd_cmi": {"grpo": {"id concepts": g}}}}}
+    sharp = R.sharpening_table(summary, {})
+    assert "**-0.120 [-0.200, -0.050]**" in sharp  # excludes 0, inside the curve's range
+    assert "| sdsd | sharpening | rare_only pass_at_k/64 | -0.120 [-0.200, -0.050] | 0.30 |" in sharp
+    assert "| sdsd_cmi | grpo | id concepts |" in R.tradeoff_table(summary, {})
+    assert R.sharpening_table({"methods": {}}, {}) == "_No sharpening control in this summary._"
