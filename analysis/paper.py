@@ -193,6 +193,10 @@ FIGURE_CAPTIONS = {
     "iterated_dynamics": "Share of the top correct output under iterated on-policy SDSD, against the RL optimum.",
     "marginal_bias": "Bias of the mitigations against the number of demonstrations M.",
     "probe_tilt_vs_shift": "Predicted against measured log shift of concept shares after SDSD.",
+    "paired_differences": "Paired differences against GRPO and SDSD (method minus reference) on the headline "
+                          "metrics, 95\\% crossed-bootstrap intervals; filled: the interval excludes 0.",
+    "collapse_over_training": "The collapse over training: probe pass@1, pass@n and concepts among r correct "
+                              "samples against the step; mean over seeds (line) and range (band).",
 }
 
 
@@ -212,9 +216,11 @@ def draw_figures(folder: Path, summary: dict | None, theory: dict | None, out: P
         if len(summary["methods"]) > 1:
             add("pareto", F.plot_pareto(summary, out / f"{slug}-pareto", order))
         add("concept_shares", F.plot_concept_shares(summary, out / f"{slug}-concept_shares", order))
+        add("paired_differences", F.plot_paired_differences(summary, out / f"{slug}-paired_differences"))
         runs = F.dynamics_of(folder, summary)
         if runs:
             add("training_dynamics", F.plot_training_dynamics(runs, out / f"{slug}-training_dynamics", order))
+            add("collapse_over_training", F.plot_collapse_over_training(runs, out / f"{slug}-collapse_over_training"))
         if summary.get("sweep"):
             add("sweep", F.plot_sweep(summary, out / f"{slug}-sweep", order))
     if theory is not None and theory.get("exact", {}).get("curves"):
