@@ -153,17 +153,19 @@ def ratio_table(summary: dict, options: dict) -> str:
     found = list(dict.fromkeys(r for n in names for r in (block[n].get("paired") or {})))
     refs = [options["ref"]] if "ref" in options else sorted(found, key=lambda r: (r not in REFS, REFS.index(r)
                                                                                    if r in REFS else 0))
-    header = ["method", "slope", "KL(correct)"]
+    header = ["method", "slope", "partial slope", "sharpening", "KL(correct)"]
     for r in refs:
-        header += [f"slope − {r}", f"KL − {r}"]
+        header += [f"slope − {r}", f"partial − {r}"]
     rows = []
     for name in names:
         m = block[name]
-        row = [md_escape(name), value_cell(m.get("slope"), m.get("ci95")), value_cell(m.get("kl_correct"),
-                                                                                      m.get("kl_ci95"))]
+        row = [md_escape(name), value_cell(m.get("slope"), m.get("ci95")),
+               value_cell(m.get("partial_slope"), m.get("partial_ci95")),
+               value_cell(m.get("sharpening"), m.get("sharpening_ci95")),
+               value_cell(m.get("kl_correct"), m.get("kl_ci95"))]
         for r in refs:
             p = (m.get("paired") or {}).get(r) or {}
-            for key in ("slope", "kl_correct"):
+            for key in ("slope", "partial_slope"):
                 c = p.get(key) or {}
                 row.append(value_cell(c.get("mean"), c.get("ci95"), signed=True, bold_if_excludes_zero=True)
                            if c else "")

@@ -6,8 +6,8 @@ An endpoint is a paired comparison named before the results exist (`reproduce.pr
 
 reads "method minus reference on `metric` of `split` is greater than `margin`" (here: SDSD is
 non-inferior to GRPO on ID pass@1 at margin 0.03). `metric` is a per-prompt column of the summary
-(`pass_at_k/K`, `pass_at_k/max` for the largest k measured, `concepts_at_r`, ...) or `ratio_slope`
-(the ratio test's slope, `metrics.ratio`). Each endpoint gets a one-sided bootstrap p-value from the
+(`pass_at_k/K`, `pass_at_k/max` for the largest k measured, `concepts_at_r`, ...), `ratio_slope` or
+`ratio_partial_slope` (the ratio test's slope on pcmi, alone or controlling for sharpening, `metrics.ratio`). Each endpoint gets a one-sided bootstrap p-value from the
 paired crossed-bootstrap replicates (`statistics.bootstrap_p`); Holm's step-down adjustment over the
 family controls the chance of any false claim at `alpha`. Everything not in the family is exploratory.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mitigate.metrics.ratio import slope
+from mitigate.metrics.ratio import partial_slopes, slope
 from mitigate.metrics.statistics import bootstrap_p, holm, percentile_interval
 
 FIELDS = ("name", "method", "reference", "split", "metric", "direction", "margin")
@@ -70,6 +70,9 @@ def metric_column(stats: dict, split: str, method: str, metric: str) -> tuple[fl
     if metric == "ratio_slope":
         (x, rx), (y, ry) = col(("ratio_sxy",)), col(("ratio_sxx",))
         return float(slope(x, y)), slope(rx, ry)
+    if metric == "ratio_partial_slope":
+        sums = [col((k,)) for k in ("ratio_sxy", "ratio_sxx", "ratio_sey", "ratio_see", "ratio_sxe")]
+        return float(partial_slopes(*[v for v, _ in sums])[0]), partial_slopes(*[r for _, r in sums])[0]
     path = tuple(metric.split("/"))
     if path == ("pass_at_k", "max"):
         path = max((k for k in keys if k[0] == "pass_at_k"), key=lambda k: int(k[1]))

@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from mitigate.metrics.ratio import RATIO_KEYS, slope
+from mitigate.metrics.ratio import RATIO_KEYS, partial_slopes, slope
 from mitigate.metrics.statistics import (
     crossed_bootstrap,
     flat_keys,
@@ -115,31 +115,37 @@ def summarize(rows: dict, paired_against=("grpo", "sdsd"), n_boot: int = 2000, s
 def ratio_block(stats: dict, methods: list[str], paired_against=("grpo", "sdsd"), split: str = "id",
                 level: float = 0.95) -> dict:
     """The ratio test per method (`metrics.ratio`): the pooled slope of the log-ratio change on the
-    pcmi difference and KL(pi(.|C) || p0(.|C)), each with its crossed-bootstrap interval, and the
-    paired differences against `paired_against`. Empty when the split has no ratio columns."""
+    pcmi difference, the partial slope on pcmi controlling for the base log-prob difference and the
+    sharpening coefficient, and KL(pi(.|C) || p0(.|C)), each with its crossed-bootstrap interval, and
+    the paired differences against `paired_against`. Empty when the split has no ratio columns."""
     keys = stats["keys"].get(split, [])
     if ("ratio_sxy",) not in keys:
         return {}
     j = {k: keys.index((k,)) for k in RATIO_KEYS}
 
-    def values(m):
-        est, rep = stats["estimates"][split][m], stats["replicates"][split][m]
-        return ({"slope": float(slope(est[j["ratio_sxy"]], est[j["ratio_sxx"]])), "kl_correct": float(est[j["kl_correct"]])},
-                {"slope": slope(rep[:, j["ratio_sxy"]], rep[:, j["ratio_sxx"]]), "kl_correct": rep[:, j["kl_correct"]]})
+    def coefficients(x):  # x: [..., K] means -> {name: [...]}
+        col = {k: x[..., i] for k, i in j.items()}
+        pcmi, sharp = partial_slopes(col["ratio_sxy"], col["ratio_sxx"], col["ratio_sey"], col["ratio_see"],
+                                     col["ratio_sxe"])
+        return {"slope": slope(col["ratio_sxy"], col["ratio_sxx"]), "partial_slope": pcmi, "sharpening": sharp,
+                "kl_correct": col["kl_correct"]}
 
+    def interval(v):
+        return percentile_interval(np.asarray(v)[:, None], level)[0].tolist()
+
+    est = {m: {k: float(v) for k, v in coefficients(np.asarray(stats["estimates"][split][m])).items()}
+           for m in methods}
+    rep = {m: coefficients(stats["replicates"][split][m]) for m in methods}
     out = {}
     for m in methods:
-        est, rep = values(m)
-        entry = {"slope": est["slope"], "ci95": percentile_interval(rep["slope"][:, None], level)[0].tolist(),
-                 "kl_correct": est["kl_correct"],
-                 "kl_ci95": percentile_interval(rep["kl_correct"][:, None], level)[0].tolist(), "paired": {}}
+        entry = {"slope": est[m]["slope"], "ci95": interval(rep[m]["slope"]),
+                 "partial_slope": est[m]["partial_slope"], "partial_ci95": interval(rep[m]["partial_slope"]),
+                 "sharpening": est[m]["sharpening"], "sharpening_ci95": interval(rep[m]["sharpening"]),
+                 "kl_correct": est[m]["kl_correct"], "kl_ci95": interval(rep[m]["kl_correct"]), "paired": {}}
         for ref in paired_against:
             if ref in methods and ref != m:
-                r_est, r_rep = values(ref)
-                entry["paired"][ref] = {
-                    k: {"mean": est[k] - r_est[k],
-                        "ci95": percentile_interval((rep[k] - r_rep[k])[:, None], level)[0].tolist()}
-                    for k in ("slope", "kl_correct")}
+                entry["paired"][ref] = {k: {"mean": est[m][k] - est[ref][k], "ci95": interval(rep[m][k] - rep[ref][k])}
+                                        for k in ("slope", "partial_slope", "sharpening", "kl_correct")}
         out[m] = entry
     return out
 

@@ -22,7 +22,7 @@ from mitigate.core.io import check_output_file, write_json
 from mitigate.core.resume import differences
 from mitigate.core.seeding import device_for, torch_stream
 from mitigate.metrics import ci_tree, ks_up_to, mean_metrics, prompt_metrics
-from mitigate.metrics.ratio import pcmi_bar, ratio_stats
+from mitigate.metrics.ratio import RATIO_KEYS, pcmi_bar, ratio_stats
 from mitigate.metrics.semantic import answer_diversity, make_embedder
 from mitigate.policies import CheckpointError, checkpoint_meta, load_policy, resolve_checkpoint
 from mitigate.rollout import generate
@@ -190,7 +190,8 @@ def eval_record(rows: dict[str, list[dict]], eval_cfg) -> dict:
     ci = {k: ci_tree(v) for k, v in metric_rows.items()}
     ood = [k for k in rows if k != "id"]
     return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split,
-            "diversity_r": eval_cfg.diversity_r, "ratio_test": eval_cfg.ratio_test, "id": res["id"], "ood": {k: res[k] for k in ood},
+            "diversity_r": eval_cfg.diversity_r, "ratio_test": eval_cfg.ratio_test, "ratio_columns": list(RATIO_KEYS),
+            "id": res["id"], "ood": {k: res[k] for k in ood},
             "ci95": {"id": ci["id"], "ood": {k: ci[k] for k in ood}},
             "per_prompt": {"id": rows["id"], "ood": {k: rows[k] for k in ood}}}
 

@@ -25,6 +25,7 @@ from mitigate.core.seeding import device_for, torch_stream
 from mitigate.core.tracking import parse_report_to
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.primary import check_endpoints, primary_block
+from mitigate.metrics.ratio import RATIO_KEYS
 from mitigate.metrics.summary import frontier_gaps, ratio_block, summarize
 from mitigate.objectives import OBJECTIVES
 from mitigate.policies import load_policy, resolve_checkpoint
@@ -315,7 +316,7 @@ class Lazy:
 def eval_settings(eval_cfg) -> dict:
     """The settings an eval.json records, compared before one is reused."""
     return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split,
-            "diversity_r": eval_cfg.diversity_r, "ratio_test": eval_cfg.ratio_test}
+            "diversity_r": eval_cfg.diversity_r, "ratio_test": eval_cfg.ratio_test, "ratio_columns": list(RATIO_KEYS)}
 
 
 def sharpened(temperature: float) -> str:

@@ -12,7 +12,7 @@ import torch
 
 from mitigate.metrics import distinct_among
 from mitigate.metrics.primary import check_endpoints, primary_block
-from mitigate.metrics.ratio import pcmi_bar, ratio_stats, slope
+from mitigate.metrics.ratio import RATIO_KEYS, partial_slopes, pcmi_bar, ratio_stats, slope
 from mitigate.metrics.statistics import bootstrap_p, crossed_bootstrap, holm, pool_task_replicates
 
 
@@ -45,6 +45,30 @@ def test_slope_recovers_an_exact_tilt_by_c_times_pcmi(c):
     # the model: p(y) ∝ p0(y) exp(c pcmi_bar(y)) among correct outputs, any mass outside C
     got = pooled_slope(prompts, lambda base, b: base + c * b + np.log(0.55) - np.log(np.exp(base + c * b).sum()))
     assert got == pytest.approx(c, abs=1e-10)
+
+
+def pooled_partial(prompts, tilt):
+    sums = dict.fromkeys(RATIO_KEYS, 0.0)
+    for base, teacher in prompts:
+        b = pcmi_bar(base, teacher)
+        for k, v in ratio_stats(base, tilt(base, b), b).items():
+            sums[k] += v
+    return partial_slopes(*[sums[k] for k in ("ratio_sxy", "ratio_sxx", "ratio_sey", "ratio_see", "ratio_sxe")])
+
+
+@pytest.mark.parametrize("c, s", [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.5, -0.3), (1.0, 2.0)])
+def test_partial_slope_separates_the_tilt_from_sharpening(c, s):
+    """A model tilted by c * pcmi_bar and sharpened by s * log p0: the partial slope is c whatever s,
+    the sharpening coefficient is s; the plain slope mixes the two (unless s = 0)."""
+    rng = np.random.default_rng(3)
+    prompts = [tabular_prompt(rng, P) for P in (3, 4, 6, 9)]
+    tilt = lambda base, b: base + c * b + s * base  # noqa: E731
+    got_c, got_s = pooled_partial(prompts, tilt)
+    assert got_c == pytest.approx(c, abs=1e-9) and got_s == pytest.approx(s, abs=1e-9)
+    if s == 0:
+        assert pooled_slope(prompts, tilt) == pytest.approx(c, abs=1e-9)
+    else:
+        assert abs(pooled_slope(prompts, tilt) - c) > 1e-3
 
 
 def test_slope_is_zero_for_a_uniform_rescaling_of_the_correct_set():
