@@ -274,3 +274,31 @@ def test_ratio_reference_and_rows_on_the_smoke_task():
     assert any(r["kl_correct"] > 1e-4 for r, o in zip(cold, ref["outputs"]) if len(o) >= 2)
     with pytest.raises(ValueError, match="other prompts"):
         ratio_rows(policy, prompts[:3], ref, cfg.eval)
+
+
+def test_graph_correct_completions_are_exactly_what_the_verifier_accepts():
+    """Every enumerated path verifies with its concept, and brute force over every node sequence
+    s, a, b, c, g (and s, a, b, g) finds no accepted path outside the list, on ID and on
+    closed-strategy prompts (where the closed concept's paths are left out)."""
+    import mitigate
+    from mitigate.tasks import make_task
+    from mitigate.tasks.graph import EOS, SPECIALS
+
+    cfg = mitigate.load_config(preset="smoke")
+    task = make_task(cfg.task)
+    nodes = np.arange(len(SPECIALS), task.vocab_size)
+    for split in (task.test_split, task.ood_splits["closed_strategy"]):
+        for q in task.prompts(split)[:4]:
+            ys, labels = task.correct_completions(q)
+            ok, got = task.verify([q] * len(ys), ys)
+            assert ok.all() and (got == labels).all() and len({tuple(y) for y in ys.tolist()}) == len(ys)
+            for inner in (2, 3):
+                mids = np.array(np.meshgrid(*[nodes] * inner, indexing="ij")).reshape(inner, -1).T
+                n = len(mids)
+                rows = np.column_stack([np.full(n, q.start), mids, np.full(n, q.goal), np.full(n, EOS),
+                                        np.zeros((n, 6 - inner), dtype=np.int64)])
+                accepted = rows[task.verify([q] * n, rows)[0]][:, :inner + 3]
+                listed = {tuple(y) for y in ys.tolist()}
+                assert {tuple(r) for r in accepted.tolist()} <= listed
+                if inner == 3:
+                    assert len(accepted) == len(ys)
