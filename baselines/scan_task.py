@@ -48,6 +48,9 @@ VARIANTS = {
     "rare75_r6": ["task.rare_in_id=0.75", "task.n_rare=6"],
     "rare50_r7": ["task.rare_in_id=0.5", "task.n_rare=7"],  # only concept 0 is not rare
     "rare75_r7": ["task.rare_in_id=0.75", "task.n_rare=7"],
+    # exploratory, added after the candidates' task seed 0 results (outside the rule): other knobs
+    "x_rare75_r6_h90": ["task.rare_in_id=0.75", "task.n_rare=6", "task.held_out_fraction=0.9"],
+    "x_rare75_r6_z05": ["task.rare_in_id=0.75", "task.n_rare=6", "task.zipf_alpha=0.5"],
 }
 N_SAMPLES = 512
 STRATUM_SEED = 1000  # the evaluation seed of the base's per-pair probabilities (hard-ID stratum)
