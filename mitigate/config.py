@@ -153,6 +153,9 @@ class ReproduceConfig(Section):
     primary: list = opt([], "pre-registered primary endpoints, Holm-corrected as one family: [{name, method, "
                             "reference, split, metric, direction: less|greater, margin}] (see metrics.primary)")
     alpha: float = opt(0.05, "family-wise error rate of the primary endpoints (Holm)", min=1e-6, max=0.5)
+    strata: dict = opt({}, "prompt strata of the ID split by the base's success probability p, measured once "
+                           "on its own samples: {NAME: {low: 0.0, high: 0.2, samples: 512, seed: 1000}} keeps the "
+                           "prompts with low < p < high as result key NAME (tables, intervals, primary endpoints)")
 
 
 @dataclass

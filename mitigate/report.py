@@ -48,6 +48,9 @@ def _columns(summary: dict) -> list[tuple[str, tuple]]:
     for s in ood_splits(summary):
         top = max(first["ood"][s]["pass_at_k"], key=int)  # < 64 if n < 64
         cols += [(f"{s} pass@1", ("ood", s, "pass_at_k", "1")), (f"{s} pass@{top}", ("ood", s, "pass_at_k", top))]
+    for s in first.get("strata", {}):  # named subsets of the ID prompts (e.g. the hard pairs)
+        top = max(first["strata"][s]["pass_at_k"], key=int)
+        cols += [(f"{s} pass@1", ("strata", s, "pass_at_k", "1")), (f"{s} pass@{top}", ("strata", s, "pass_at_k", top))]
     return cols
 
 

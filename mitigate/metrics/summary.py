@@ -53,9 +53,14 @@ def tree(keys: list[tuple], values) -> dict:
     return out
 
 
-def split_block(tree_by_split: dict[str, dict]) -> dict:
-    """{"id": ..., "ood": {split: ...}} from {split_key: ...}."""
-    return {"id": tree_by_split["id"], "ood": {k: v for k, v in tree_by_split.items() if k != "id"}}
+def split_block(tree_by_split: dict[str, dict], strata=()) -> dict:
+    """{"id": ..., "ood": {split: ...}[, "strata": {name: ...}]} from {split_key: ...}: a stratum (a
+    named subset of an evaluated split's prompts, e.g. the hard ID pairs) is neither ID nor OOD."""
+    out = {"id": tree_by_split["id"],
+           "ood": {k: v for k, v in tree_by_split.items() if k != "id" and k not in strata}}
+    if strata:
+        out["strata"] = {k: v for k, v in tree_by_split.items() if k in strata}
+    return out
 
 
 def label_shares(rows: list[dict]) -> dict[str, float]:
@@ -68,7 +73,7 @@ def label_shares(rows: list[dict]) -> dict[str, float]:
 
 
 def summarize(rows: dict, paired_against=("grpo", "sdsd"), n_boot: int = 2000, seed: int = 0,
-              level: float = 0.95) -> tuple[dict, dict]:
+              level: float = 0.95, strata=()) -> tuple[dict, dict]:
     """(methods block of summary.json, {"keys", "replicates", "estimates"}: per split the metric paths,
     {method: [n_boot, K]} crossed-bootstrap replicates and {method: [K]} point estimates).
 
@@ -92,8 +97,8 @@ def summarize(rows: dict, paired_against=("grpo", "sdsd"), n_boot: int = 2000, s
     for m in methods:
         entry = {
             "seeds": seeds_of[m],
-            **split_block({s: tree(keys_of[s], est[m, s].tolist()) for s in splits}),
-            "ci95": split_block({s: tree(keys_of[s], ci[m, s].tolist()) for s in splits}),
+            **split_block({s: tree(keys_of[s], est[m, s].tolist()) for s in splits}, strata),
+            "ci95": split_block({s: tree(keys_of[s], ci[m, s].tolist()) for s in splits}, strata),
         }
         entry["paired"] = {}
         for ref in paired_against:
@@ -101,12 +106,12 @@ def summarize(rows: dict, paired_against=("grpo", "sdsd"), n_boot: int = 2000, s
                 entry["paired"][ref] = split_block({
                     s: tree(keys_of[s], [{"mean": float(d), "ci95": c} for d, c in zip(
                         est[m, s] - est[ref, s], percentile_interval(reps[s][m] - reps[s][ref], level).tolist())])
-                    for s in splits})
+                    for s in splits}, strata)
         entry["label_shares"] = split_block({s: label_shares([r for sd in seeds_of[m] for r in rows[m][sd][s]])
-                                              for s in splits})
+                                              for s in splits}, strata)
         entry["per_seed"] = [{"seed": sd, **split_block(
             {s: tree(keys_of[s], point_estimate(_table({sd: rows[m][sd][s]}, keys_of[s])).tolist())
-             for s in splits})} for sd in seeds_of[m]]
+             for s in splits}, strata)} for sd in seeds_of[m]]
         out[m] = entry
     return out, {"keys": keys_of, "replicates": reps,
                  "estimates": {s: {m: est[m, s] for m in methods} for s in splits}}

@@ -23,6 +23,7 @@ from mitigate.metrics.primary import check_endpoints, primary_block
 from mitigate.metrics.statistics import percentile_interval, pool_task_replicates
 from mitigate.metrics.summary import ratio_block, split_block, summarize, tree
 from mitigate.recipes.evaluate import rows_from_record
+from mitigate.recipes.reproduce import with_strata
 from mitigate.report import read_summary, write_report
 
 
@@ -67,8 +68,11 @@ def pooled_summary(folders: list[str | Path], n_boot: int = 2000, seed: int = 0,
                               "the task seed may differ between pooled folders")
     paired_against = configs[0].get("reproduce", {}).get("paired_against", ["grpo", "sdsd"])
     per_task, entries_of = [], []
+    strata = list(summaries[0].get("strata", {}))
     for i, (f, s) in enumerate(zip(folders, summaries)):
-        entries, stats = summarize(run_rows(f, s), paired_against, n_boot, seed + i, level)
+        rows = run_rows(f, s)
+        with_strata(rows, {name: v["prompts"] for name, v in s.get("strata", {}).items()})
+        entries, stats = summarize(rows, paired_against, n_boot, seed + i, level, strata=strata)
         per_task.append(stats)
         entries_of.append(entries)
     methods = list(entries_of[0])
@@ -86,16 +90,17 @@ def pooled_summary(folders: list[str | Path], n_boot: int = 2000, seed: int = 0,
         est = {s: pooled["estimates"][s][m] for s in splits}
         ci = {s: percentile_interval(pooled["replicates"][s][m], level) for s in splits}
         entry = {"seeds": entries_of[0][m]["seeds"], "task_seeds": task_seeds,
-                 **split_block({s: tree(keys[s], est[s].tolist()) for s in splits}),
-                 "ci95": split_block({s: tree(keys[s], ci[s].tolist()) for s in splits}), "paired": {}}
+                 **split_block({s: tree(keys[s], est[s].tolist()) for s in splits}, strata),
+                 "ci95": split_block({s: tree(keys[s], ci[s].tolist()) for s in splits}, strata), "paired": {}}
         for ref in paired_against:
             if ref in methods and ref != m:
                 entry["paired"][ref] = split_block({s: tree(keys[s], [
                     {"mean": float(d), "ci95": c} for d, c in zip(
                         est[s] - pooled["estimates"][s][ref],
                         percentile_interval(pooled["replicates"][s][m] - pooled["replicates"][s][ref], level).tolist())])
-                    for s in splits})
+                    for s in splits}, strata)
         entry["per_task"] = [{"task_seed": t, "id": e[m]["id"], "ood": e[m]["ood"], "ci95": e[m]["ci95"],
+                              **({"strata": e[m]["strata"]} if strata else {}),
                               "paired": e[m].get("paired", {})} for t, e in zip(task_seeds, entries_of)]
         out_methods[m] = entry
     summary = {"preset": summaries[0]["preset"], "pooled_task_seeds": task_seeds,

@@ -22,6 +22,7 @@ from mitigate.budget import Budget
 from mitigate.core import resume as checkpointing
 from mitigate.core.io import plan_run, read_json, resumable_run, versions, write_json, write_meta
 from mitigate.core.seeding import device_for, torch_stream
+from mitigate.rollout import generate
 from mitigate.core.tracking import parse_report_to
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.primary import check_endpoints, primary_block
@@ -128,8 +129,9 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
     text_diversity(task, cfg.eval)  # text tasks: the embedder loads (or fails) before any work
     try:
         controls = [sharpened(t) for t in cfg.reproduce.sharpening] if "base" in methods else []
+        strata = check_strata(cfg.reproduce.strata)
         endpoints = check_endpoints(cfg.reproduce.primary, [*methods, *controls],
-                                    ["id", *task.ood_splits])
+                                    ["id", *task.ood_splits, *strata])
     except ValueError as e:
         raise C.ConfigError(str(e)) from e
     device = device_for(cfg.device)  # evaluation runs here; training places itself (accelerate)
@@ -160,6 +162,7 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
         prompts = split_prompts(task, id_split(task, cfg.eval), cfg.eval.max_prompts)
         reference_file = base_reference(base_policy, task, prompts, cfg.eval, tmp / "base")
         reference = read_json(reference_file, "ratio-test reference") if reference_file else None
+        members = stratum_members(base_policy, task, prompts, cfg, tmp / "base")
         if "base" in methods:  # a sweep on a shared base may leave it out of its table
             rows["base"] = {cfg.seed: evaluate_and_record(base_policy, task, cfg.eval, cfg.seed, tmp / "base", quiet,
                                                           reference)}
@@ -199,7 +202,9 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
                     bar.update(1)
         bar.close()
         # ---- summary.json and summary.md
-        summary_rows, replicates = summarize(rows, cfg.reproduce.paired_against, cfg.reproduce.n_boot, cfg.seed)
+        with_strata(rows, members)
+        summary_rows, replicates = summarize(rows, cfg.reproduce.paired_against, cfg.reproduce.n_boot, cfg.seed,
+                                             strata=list(members))
         controls = [sharpened(t) for t in cfg.reproduce.sharpening if sharpened(t) in rows]
         entries = {m: summary_rows[m] for m in [*methods, *controls] if m in rows}
         for m in train_methods:
@@ -212,6 +217,9 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
         if curves:
             summary["tradeoff"] = tradeoff_block(summary_rows, curves, cfg.reproduce.interpolation, replicates,
                                                  train_methods)
+        if members:
+            summary["strata"] = {name: {**strata[name], "prompts": idx, "n_prompts": len(idx)}
+                                 for name, idx in members.items()}
         if controls:
             summary["sharpening"] = sharpening_block(cfg.reproduce.sharpening, replicates, train_methods)
         ratio = ratio_block(replicates, list(entries), cfg.reproduce.paired_against)
@@ -317,6 +325,65 @@ def eval_settings(eval_cfg) -> dict:
     """The settings an eval.json records, compared before one is reused."""
     return {"samples": eval_cfg.samples, "temperature": eval_cfg.temperature, "id_split": eval_cfg.id_split,
             "diversity_r": eval_cfg.diversity_r, "ratio_test": eval_cfg.ratio_test, "ratio_columns": list(RATIO_KEYS)}
+
+
+STRATUM_FIELDS = {"low": 0.0, "high": 1.0, "samples": 512, "seed": 1000}
+
+
+def check_strata(strata: dict) -> dict[str, dict]:
+    """`reproduce.strata` with defaults filled in, or a ConfigError naming the problem."""
+    if not isinstance(strata, dict):
+        raise C.ConfigError(f"reproduce.strata must be a mapping {{NAME: {{low, high, samples, seed}}}}, got {strata!r}")
+    out = {}
+    for name, spec in strata.items():
+        if name in ("id", "ood") or not isinstance(name, str):
+            raise C.ConfigError(f"reproduce.strata: '{name}' cannot name a stratum (reserved or not a string)")
+        if not isinstance(spec, dict) or set(spec) - set(STRATUM_FIELDS):
+            raise C.ConfigError(f"reproduce.strata.{name} must be a mapping with keys among "
+                                f"{', '.join(STRATUM_FIELDS)}, got {spec!r}")
+        spec = {**STRATUM_FIELDS, **spec}
+        if not (0.0 <= spec["low"] < spec["high"] <= 1.0):
+            raise C.ConfigError(f"reproduce.strata.{name}: need 0 <= low < high <= 1, got {spec['low']}, {spec['high']}")
+        if isinstance(spec["samples"], bool) or not isinstance(spec["samples"], int) or spec["samples"] < 1:
+            raise C.ConfigError(f"reproduce.strata.{name}.samples must be an integer >= 1, got {spec['samples']!r}")
+        if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int) or spec["seed"] < 0:
+            raise C.ConfigError(f"reproduce.strata.{name}.seed must be an integer >= 0, got {spec['seed']!r}")
+        out[name] = spec
+    return out
+
+
+def stratum_members(base_policy, task, prompts, cfg: C.Config, folder: Path) -> dict[str, list[int]]:
+    """{stratum: indices into the ID prompts} with the base's success probability p in (low, high),
+    p measured once per stratum setting on `samples` draws of the stratum's own seed (not the
+    evaluation's samples, so a stratum does not select on the noise of the numbers it reports).
+    Kept in `folder/strata.json` (reused when resuming)."""
+    strata = check_strata(cfg.reproduce.strata)
+    if not strata:
+        return {}
+    path = folder / "strata.json"
+    saved = read_json(path, "strata") if path.is_file() else {}
+    out, probs = {}, dict(saved.get("p", {}))
+    for name, spec in strata.items():
+        key = f"{spec['samples']}@{spec['seed']}"
+        if key not in probs or len(probs[key]) != len(prompts):
+            r = generate(base_policy, task, prompts, spec["samples"], cfg.eval.temperature,
+                         torch_stream(spec["seed"], "eval"), cfg.eval.batch_size)
+            probs[key] = r.correct.reshape(len(prompts), spec["samples"]).mean(1).tolist()
+        out[name] = [i for i, p in enumerate(probs[key]) if spec["low"] < p < spec["high"]]
+        if not out[name]:
+            raise C.ConfigError(f"reproduce.strata.{name}: no ID prompt has base success probability in "
+                                f"({spec['low']:g}, {spec['high']:g}); widen it or drop it")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"p": probs, "members": out})
+    return out
+
+
+def with_strata(rows: dict, members: dict[str, list[int]]) -> None:
+    """Add each stratum as a result key of every method and seed: its prompts' ID rows."""
+    for by_seed in rows.values():
+        for split_rows in by_seed.values():
+            for name, idx in members.items():
+                split_rows[name] = [split_rows["id"][i] for i in idx]
 
 
 def sharpened(temperature: float) -> str:

@@ -14,10 +14,12 @@ SMALL = ["--set", "reproduce.methods=[base, grpo, sdsd]", "--set", "reproduce.se
          "--set", "reproduce.sharpening=[0.7]"]
 PRIMARY = """
 reproduce:
+  strata: {hard: {low: 0.0, high: 0.9, samples: 16}}
   primary:
     - {name: ni, method: sdsd, reference: grpo, split: id, metric: pass_at_k/1, direction: greater, margin: -0.03}
     - {name: rare, method: sdsd, reference: grpo, split: rare_only, metric: pass_at_k/max, direction: less}
     - {name: slope, method: sdsd, reference: grpo, split: id, metric: ratio_slope, direction: greater}
+    - {name: hard, method: sdsd, reference: grpo, split: hard, metric: pass_at_k/max, direction: less}
 """
 
 
@@ -47,8 +49,12 @@ def test_pooled_estimate_is_the_mean_over_task_seeds(two_tasks):
     assert d["mean"] == pytest.approx(pooled["methods"]["sdsd"]["id"]["pass_at_k"]["1"]
                                       - pooled["methods"]["grpo"]["id"]["pass_at_k"]["1"])
     assert set(pooled["ratio_test"]["methods"]) >= {"base", "grpo", "sdsd"}
-    assert [t["name"] for t in pooled["primary"]["tests"]] == ["ni", "rare", "slope"]
-    assert [t["name"] for t in parts[0]["primary"]["tests"]] == ["ni", "rare", "slope"]
+    assert [t["name"] for t in pooled["primary"]["tests"]] == ["ni", "rare", "slope", "hard"]
+    assert [t["name"] for t in parts[0]["primary"]["tests"]] == ["ni", "rare", "slope", "hard"]
+    # the stratum: each task's own hard prompts, pooled as the mean of the per-task estimates
+    want = np.mean([p["methods"]["sdsd"]["strata"]["hard"]["pass_at_k"]["1"] for p in parts])
+    assert pooled["methods"]["sdsd"]["strata"]["hard"]["pass_at_k"]["1"] == pytest.approx(want, abs=1e-12)
+    assert all(p["strata"]["hard"]["n_prompts"] == len(p["strata"]["hard"]["prompts"]) > 0 for p in parts)
     assert all(0 < t["p_value"] <= t["p_holm"] <= 1 for t in pooled["primary"]["tests"])
     md = (two_tasks / "pooled" / "summary.md").read_text()
     assert "## Per task seed" in md and "## Primary endpoints" in md

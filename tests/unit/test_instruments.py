@@ -302,3 +302,19 @@ def test_graph_correct_completions_are_exactly_what_the_verifier_accepts():
                 assert {tuple(r) for r in accepted.tolist()} <= listed
                 if inner == 3:
                     assert len(accepted) == len(ys)
+
+
+def test_strata_are_checked_and_subset_the_id_rows():
+    from mitigate.core.fields import ConfigError
+    from mitigate.recipes.reproduce import check_strata, with_strata
+
+    assert check_strata({"hard": {"high": 0.2}})["hard"] == {"low": 0.0, "high": 0.2, "samples": 512, "seed": 1000}
+    for bad, msg in (({"hard": {"hihg": 0.2}}, "keys among low, high, samples, seed"),
+                     ({"hard": {"low": 0.3, "high": 0.2}}, "low < high"),
+                     ({"id": {"high": 0.2}}, "cannot name a stratum"),
+                     ({"hard": {"samples": 0}}, "samples must be an integer >= 1")):
+        with pytest.raises(ConfigError, match=msg):
+            check_strata(bad)
+    rows = {"m": {0: {"id": [{"a": 0}, {"a": 1}, {"a": 2}], "ood_x": [{"a": 9}]}}}
+    with_strata(rows, {"hard": [0, 2]})
+    assert rows["m"][0]["hard"] == [{"a": 0}, {"a": 2}] and list(rows["m"][0]) == ["id", "ood_x", "hard"]
