@@ -36,6 +36,7 @@ from mitigate.tasks import make_task
 # Candidate variants: task parameters on top of the paper preset, ordered from the smallest
 # structural change to the largest. Chosen by structure only (which pairs go where), never by a
 # model's success on a pair.
+R7 = ["task.n_rare=7", "task.rare_in_id=0.75"]
 VARIANTS = {
     "paper": [],  # today's task: every all-rare pair is in the rare_only OOD split
     # measured first: half the all-rare pairs as ordinary pairs, pretraining included (rare_in_pretrain)
@@ -51,6 +52,18 @@ VARIANTS = {
     # exploratory, added after the candidates' task seed 0 results (outside the rule): other knobs
     "x_rare75_r6_h90": ["task.rare_in_id=0.75", "task.n_rare=6", "task.held_out_fraction=0.9"],
     "x_rare75_r6_z05": ["task.rare_in_id=0.75", "task.n_rare=6", "task.zipf_alpha=0.5"],
+    # second scan (baselines/collapse_scan.md, "Second scan"; rule written and committed before any of
+    # these was measured): n_rare 7, 75% of the rare-only pairs moved, a share of the moved pairs
+    # pretrained on (rare_pretrain_fraction, drawn on the task seed's stream [seed, 5]) at a sampling
+    # weight (rare_pretrain_weight) - partial exposure of the rare routes; in the rule's order
+    "r7_f10_w05": [*R7, "task.rare_pretrain_fraction=0.1", "task.rare_pretrain_weight=0.05"],
+    "r7_f02": [*R7, "task.rare_pretrain_fraction=0.02"],
+    "r7_f10_w25": [*R7, "task.rare_pretrain_fraction=0.1", "task.rare_pretrain_weight=0.25"],
+    "r7_f25_w10": [*R7, "task.rare_pretrain_fraction=0.25", "task.rare_pretrain_weight=0.1"],
+    "r7_f05": [*R7, "task.rare_pretrain_fraction=0.05"],
+    "r7_f25_w25": [*R7, "task.rare_pretrain_fraction=0.25", "task.rare_pretrain_weight=0.25"],
+    "r7_f10_w25_h50": [*R7, "task.rare_pretrain_fraction=0.1", "task.rare_pretrain_weight=0.25",
+                       "task.held_out_fraction=0.5"],
 }
 N_SAMPLES = 512
 STRATUM_SEED = 1000  # the evaluation seed of the base's per-pair probabilities (hard-ID stratum)

@@ -63,12 +63,22 @@ class GraphParams(Section):
                            min=0.0, max=1.0)
     rare_in_pretrain: bool = _f(False, "the rare_in_id pairs join the ordinary pairs before the pretraining split, "
                                        "so some are pretrained on (false: held out of pretraining, like rare_only)")
+    rare_pretrain_fraction: float = _f(0.0, "share of the rare_in_id pairs, drawn from the task seed on its own stream, "
+                                            "that join pretraining (partial exposure of the rare tail); the rest join "
+                                            "the ID splits as before (0: none; needs rare_in_pretrain false)",
+                                       min=0.0, max=1.0)
+    rare_pretrain_weight: float = _f(1.0, "pretraining sampling weight of each rare_pretrain_fraction pair relative to "
+                                          "an ordinary pretraining pair (1: uniform over pretraining pairs, as before)",
+                                     min=0.0, max=1.0)
 
     def validate(self) -> None:
         if self.n_rare >= self.n_concepts:
             raise ValueError(f"task.n_rare ({self.n_rare}) must be < task.n_concepts ({self.n_concepts})")
         if self.id_val_fraction + self.id_test_fraction >= 1.0:
             raise ValueError("task.id_val_fraction + task.id_test_fraction must leave room for id_train (< 1)")
+        if self.rare_pretrain_fraction > 0 and self.rare_in_pretrain:
+            raise ValueError("task.rare_pretrain_fraction needs task.rare_in_pretrain false (with it true the "
+                             "rare_in_id pairs are ordinary pairs already)")
 
 
 @dataclass(frozen=True)
@@ -256,10 +266,17 @@ class GraphTask:
             if p.rare_in_pretrain:  # ordinary pairs in every respect, in the enumeration order
                 joined = set(ordinary) | set(extra)
                 ordinary, extra = [q for q in every if q in joined], []
+        extra_pre = []  # rare_in_id pairs pretrained on (rare_pretrain_fraction): partial exposure of the tail
+        if extra and p.rare_pretrain_fraction > 0:
+            expo_rng = np.random.default_rng([p.seed, 5])  # its own stream: the other draws stay as they are
+            k = int(round(p.rare_pretrain_fraction * len(extra)))
+            chosen = set(expo_rng.permutation(len(extra))[:k].tolist())
+            extra_pre = [q for i, q in enumerate(extra) if i in chosen]
+            extra = [q for i, q in enumerate(extra) if i not in chosen]
         order = rng.permutation(len(ordinary))
         ordinary = [ordinary[i] for i in order]
         n_held = int(round(p.held_out_fraction * len(ordinary)))
-        held, pre = ordinary[:n_held], ordinary[n_held:]
+        held, pre = ordinary[:n_held], ordinary[n_held:] + extra_pre
         n_val = int(round(p.id_val_fraction * n_held))
         n_test = int(round(p.id_test_fraction * n_held))
         val, test, train = held[:n_val], held[n_val:n_val + n_test], held[n_val + n_test:]
@@ -274,6 +291,7 @@ class GraphTask:
             "id_val": [Prompt(s, g, "id_val") for s, g in val],
             "id_test": [Prompt(s, g, "id_test") for s, g in test],
             "ood_rare": [Prompt(s, g, "ood_rare") for s, g in rare_only],
+            "_rare_pretrain": [Prompt(s, g, "pretrain") for s, g in extra_pre],  # internal: not a split
         }
         # Closed strategy: ID test pairs with an alternative, one feasible concept closed, drawn
         # uniformly from the task seed (never from a model's or the prior's preference).
@@ -364,7 +382,12 @@ class GraphTask:
         width = 1 + 5 + 1 + 3 + 5 + 1
         tokens = np.full((p.pretrain_pool, width), PAD, dtype=np.int64)
         mask = np.zeros_like(tokens, dtype=bool)
-        which = rng.integers(len(pairs), size=p.pretrain_pool)
+        rare_pre = set(self._splits["_rare_pretrain"])
+        if rare_pre and p.rare_pretrain_weight != 1.0:  # down-weighted rare pairs (never in the default task)
+            w = np.array([p.rare_pretrain_weight if q in rare_pre else 1.0 for q in pairs])
+            which = rng.choice(len(pairs), size=p.pretrain_pool, p=w / w.sum())
+        else:
+            which = rng.integers(len(pairs), size=p.pretrain_pool)
         is_demo = rng.random(p.pretrain_pool) < p.demo_fraction
         for k, (q, t) in enumerate(zip(pairs, tables)):
             rows = np.flatnonzero(which == k)

@@ -364,3 +364,80 @@ def test_rare_in_id_all_leaves_no_rare_only_split():
 def test_rare_in_id_out_of_range_is_a_config_error(value):
     with pytest.raises(C.ConfigError, match="task.rare_in_id"):
         C.load(preset="smoke", overrides=[f"task.rare_in_id={value}"])
+
+
+# ----------------------------------------------------------------------------- partial exposure of the rare tail
+
+def test_rare_pretrain_fraction_default_changes_nothing():
+    assert GraphParams().rare_pretrain_fraction == 0.0 and GraphParams().rare_pretrain_weight == 1.0
+    base = small(0, rare_in_id=0.5)
+    for explicit in (small(0, rare_in_id=0.5, rare_pretrain_fraction=0.0),
+                     small(0, rare_in_id=0.5, rare_pretrain_weight=0.3)):  # no pretrained rare pair: no weight
+        for split in SPLITS:
+            assert explicit.prompts(split) == base.prompts(split)
+        np.testing.assert_array_equal(explicit.pretraining_data()[0], base.pretraining_data()[0])
+    # without rare_in_id nothing moves, so nothing is pretrained either
+    plain = small(0, rare_pretrain_fraction=0.5)
+    for split in SPLITS:
+        assert plain.prompts(split) == small(0).prompts(split)
+
+
+@pytest.mark.parametrize("frac", [0.25, 0.5])
+def test_rare_pretrain_fraction_pretrains_that_share_of_the_moved_pairs(task, frac):
+    ref = small(0, rare_in_id=0.75)
+    v = small(0, rare_in_id=0.75, rare_pretrain_fraction=frac)
+    np.testing.assert_array_equal(v.adjacency, task.adjacency)
+    assert pairs(v, "ood_rare") == pairs(ref, "ood_rare")  # the OOD tail is untouched
+    moved = set(pairs(task, "ood_rare")) - set(pairs(v, "ood_rare"))
+    exposed = set(pairs(v, "pretrain")) - set(pairs(task, "pretrain"))
+    assert set(pairs(task, "pretrain")) <= set(pairs(v, "pretrain"))  # the ordinary pretraining pairs stay
+    assert exposed <= moved and len(exposed) == round(frac * len(moved))
+    assert all(all_rare(v, *q) for q in exposed)
+    check_disjoint(v)
+    held = set().union(*(pairs(v, s) for s in HELD))
+    assert held & moved == moved - exposed  # the rest of the moved pairs are ID, split by the fractions
+    tail = {s: len(set(pairs(v, s)) & moved) for s in HELD}
+    assert tail["id_test"] == round(v.params.id_test_fraction * len(moved - exposed))
+    for s in HELD:  # the ordinary held-out pairs keep their split
+        assert set(pairs(v, s)) - moved == set(pairs(task, s))
+    assert pretrained_pairs(v) == set(pairs(v, "pretrain"))  # the exposed pairs are in the data
+
+
+def test_rare_pretrain_fraction_is_deterministic_and_follows_the_task_seed():
+    a, b = (small(3, rare_in_id=0.75, rare_pretrain_fraction=0.3) for _ in range(2))
+    for split in SPLITS:
+        assert a.prompts(split) == b.prompts(split)
+    np.testing.assert_array_equal(a.pretraining_data()[0], b.pretraining_data()[0])
+    assert small(4, rare_in_id=0.75, rare_pretrain_fraction=0.3).prompts("pretrain") != a.prompts("pretrain")
+
+
+def test_rare_pretrain_weight_down_weights_the_exposed_pairs_rows():
+    def share(w):
+        v = small(0, rare_in_id=0.75, rare_pretrain_fraction=0.5, rare_pretrain_weight=w, pretrain_pool=20_000)
+        exposed = set(pairs(v, "pretrain")) - set(pairs(small(0), "pretrain"))
+        tokens, _ = v.pretraining_data()
+        plain = tokens[:, 0] == BOS
+        sg = np.where(plain[:, None], tokens[:, 1:3], tokens[:, 7:9])
+        hit = np.array([tuple(r) in exposed for r in sg.tolist()])
+        n_pre = len(v.prompts("pretrain"))
+        return hit.mean(), len(exposed), n_pre
+
+    full, k, n = share(1.0)
+    low, _, _ = share(0.2)
+    assert abs(full - k / n) < 0.02  # uniform over pretraining pairs
+    assert abs(low - 0.2 * k / (n - k + 0.2 * k)) < 0.02
+    for split in SPLITS:  # the weight changes the data only, never a split
+        a = small(0, rare_in_id=0.75, rare_pretrain_fraction=0.5, rare_pretrain_weight=0.2)
+        assert a.prompts(split) == small(0, rare_in_id=0.75, rare_pretrain_fraction=0.5).prompts(split)
+
+
+@pytest.mark.parametrize("override", ["task.rare_pretrain_fraction=1.5", "task.rare_pretrain_weight=-0.1"])
+def test_rare_pretrain_out_of_range_is_a_config_error(override):
+    with pytest.raises(C.ConfigError, match=override.split("=")[0]):
+        C.load(preset="smoke", overrides=[override])
+
+
+def test_rare_pretrain_fraction_with_rare_in_pretrain_is_a_config_error():
+    with pytest.raises(C.ConfigError, match="rare_pretrain_fraction"):
+        C.load(preset="smoke", overrides=["task.rare_in_id=0.5", "task.rare_in_pretrain=true",
+                                          "task.rare_pretrain_fraction=0.2"])
