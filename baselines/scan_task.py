@@ -149,6 +149,29 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def write_strata(name: str, root: Path, path: Path, seeds: list[int]) -> None:
+    """The hard-ID stratum (0 < p < 0.2 on id_test, n = N_SAMPLES, seed STRATUM_SEED) of a scanned
+    variant, as the committed stratum file (baselines/collapse_strata.json)."""
+    seeds_out = {}
+    for seed in seeds:
+        r = json.loads((root / name / f"t{seed}" / "result.json").read_text())
+        rows = r["splits"]["id_test"]["pairs"]
+        hard = [q for q in rows if 0 < q[2] < 0.2]
+        seeds_out[str(seed)] = {"id_test_pairs": len(rows), "n_hard": len(hard),
+                                "n_hard_all_rare": sum(bool(q[3]) for q in hard),
+                                "hard_pairs": [[q[0], q[1], round(q[2], 6)] for q in hard]}
+    overrides = VARIANTS[name]
+    doc = {"about": ("Issue 24's pre-registered hard-ID stratum of the `collapse` preset: id_test pairs whose base "
+                     "success probability p satisfies 0 < p < 0.2, measured on the preset's base (pretrained with "
+                     "training seed 0 on each task seed) with n = 512 samples per pair, evaluation seed 1000 (torch "
+                     f"stream 'eval'), temperature 1, by baselines/scan_task.py (variant {name}: the paper preset "
+                     f"with {', '.join(overrides)}; its base is `mitigate pretrain --preset collapse --set "
+                     "task.seed=T`). Written before any post-training on this task."),
+           "variant": name, "overrides": overrides, "n_samples": N_SAMPLES, "eval_seed": STRATUM_SEED,
+           "stratum": "0 < p < 0.2", "task_seeds": seeds_out}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -156,9 +179,15 @@ def main() -> None:
     ap.add_argument("--out", default="runs/scan")
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--strata", default=None, choices=list(VARIANTS),
+                    help="write this scanned variant's hard-ID stratum file for --seeds and stop")
+    ap.add_argument("--strata-out", default="baselines/collapse_strata.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.out)
+    if args.strata:
+        write_strata(args.strata, root, Path(args.strata_out), args.seeds)
+        return
     results = []
     for name in args.variants:
         for seed in args.seeds:
