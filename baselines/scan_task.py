@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -169,7 +170,9 @@ def write_strata(name: str, root: Path, path: Path, seeds: list[int]) -> None:
                      "task.seed=T`). Written before any post-training on this task."),
            "variant": name, "overrides": overrides, "n_samples": N_SAMPLES, "eval_seed": STRATUM_SEED,
            "stratum": "0 < p < 0.2", "task_seeds": seeds_out}
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    text = json.dumps(doc, indent=1)
+    text = re.sub(r"\[\n\s+(-?\d+),\n\s+(-?\d+),\n\s+([-\d.e]+)\n\s+\]", r"[\1, \2, \3]", text)  # a pair per line
+    path.write_text(text + "\n")
 
 
 def main() -> None:
