@@ -160,9 +160,9 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
             base_policy, _ = load_policy(base_ckpt, device)
         rows, bias, folders = {}, None, {}
         prompts = split_prompts(task, id_split(task, cfg.eval), cfg.eval.max_prompts)
-        reference_file = base_reference(base_policy, task, prompts, cfg.eval, tmp / "base")
+        reference_file = base_reference(base_policy, task, prompts, cfg.eval, tmp)
         reference = read_json(reference_file, "ratio-test reference") if reference_file else None
-        members = stratum_members(base_policy, task, prompts, cfg, tmp / "base")
+        members = stratum_members(base_policy, task, prompts, cfg, tmp)
         if "base" in methods:  # a sweep on a shared base may leave it out of its table
             rows["base"] = {cfg.seed: evaluate_and_record(base_policy, task, cfg.eval, cfg.seed, tmp / "base", quiet,
                                                           reference)}
@@ -209,8 +209,9 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
         entries = {m: summary_rows[m] for m in [*methods, *controls] if m in rows}
         for m in train_methods:
             entries[m]["budget"] = mean_budget(folders[m])
-        if "base" in entries:  # the base is where every run starts: it spends no post-training budget
-            entries["base"]["budget"] = Budget().to_dict()
+        for m in ["base", *controls]:  # the base is where every run starts: it spends no post-training budget
+            if m in entries:
+                entries[m]["budget"] = Budget().to_dict()
         summary = {"preset": cfg.preset, "wall_seconds": round(time.time() - t0, 1),
                    "id_split": cfg.eval.id_split, "base_checkpoint": str(base) if base else "base/checkpoint",
                    "diversity_r": cfg.eval.diversity_r, "methods": entries, "budget": budget(cfg, method_cfgs)}

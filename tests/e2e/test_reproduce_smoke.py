@@ -32,11 +32,13 @@ def reproduced(tmp_path_factory, smoke_cfg):
 
 def test_base_alone_with_a_worker_pool(tmp_path):
     """A comparison with nothing to train (`reproduce.methods=[base]`) and `--jobs 2`: no pool to
-    start, the base's row only."""
+    start, the base's row and the smoke preset's sharpening control (the base at T = 0.7) only."""
     out = tmp_path / "out"
     assert cli.main(["reproduce", "--preset", "smoke", "--out", str(out), "--quiet", "--jobs", "2",
                      "--set", "reproduce.methods=[base]", "--set", "reproduce.n_boot=100"]) == 0
-    assert list(json.loads((out / "summary.json").read_text())["methods"]) == ["base"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == ["base", "base@t0.7"]
+    assert "ranking" not in summary  # a control is not ranked: one ranked method
 
 
 def leaves(tree, prefix=()):
@@ -82,11 +84,11 @@ def test_summary_schema(reproduced, smoke_cfg):
         assert 0.0 <= bias[key] <= 1.0, (key, bias)
     assert s["preset"] == "smoke"
     assert isinstance(s["wall_seconds"], float) and s["wall_seconds"] > 0
-    assert list(s["methods"]) == METHODS
+    assert list(s["methods"]) == [*METHODS, "base@t0.7"]  # the sharpening control comes last
     ks = [str(k) for k in ks_up_to(smoke_cfg.eval.samples)]
     assert ks == ["1", "2", "4", "8"]
     for name, m in s["methods"].items():
-        assert m["seeds"] == ([smoke_cfg.seed] if name == "base" else SEEDS)
+        assert m["seeds"] == ([smoke_cfg.seed] if name.startswith("base") else SEEDS)
         assert list(m["id"]["pass_at_k"]) == ks
         for key in ID_SCALARS:
             assert isinstance(m["id"][key], float), (name, key)
