@@ -63,9 +63,9 @@ class GraphParams(Section):
                            min=0.0, max=1.0)
     rare_in_pretrain: bool = _f(False, "the rare_in_id pairs join the ordinary pairs before the pretraining split, "
                                        "so some are pretrained on (false: held out of pretraining, like rare_only)")
-    rare_pretrain_fraction: float = _f(0.0, "share of the rare_in_id pairs, drawn from the task seed on its own stream, "
-                                            "that join pretraining (partial exposure of the rare tail); the rest join "
-                                            "the ID splits as before (0: none; needs rare_in_pretrain false)",
+    rare_pretrain_fraction: float = _f(0.0, "share of the rare_in_id pairs, drawn from the task seed on its own "
+                                            "stream, that join pretraining (partial exposure of the rare tail); the "
+                                            "rest join the ID splits as before (0: none; needs rare_in_pretrain false)",
                                        min=0.0, max=1.0)
     rare_pretrain_weight: float = _f(1.0, "pretraining sampling weight of each rare_pretrain_fraction pair relative to "
                                           "an ordinary pretraining pair (1: uniform over pretraining pairs, as before)",
