@@ -1,5 +1,7 @@
 """`mitigate table --pool-tasks`: one comparison run on several task seeds (each its own graph,
-splits and base model), pooled with a third bootstrap level over task seeds.
+splits and base model), pooled with a third bootstrap level over task seeds. The folders may
+compare different lists of methods (e.g. the full comparison on one task seed, base/GRPO/SDSD on
+the others); the methods every folder has are pooled.
 
 Within a task seed the crossed bootstrap resamples prompts (shared by every method and seed) and
 training seeds, exactly as `reproduce` does; `statistics.pool_task_replicates` then resamples the
@@ -46,6 +48,15 @@ def run_rows(folder: Path, summary: dict) -> dict:
     return rows
 
 
+def comparable(cfg: dict) -> dict:
+    """A comparison's resolved config without what may differ between pooled folders: the task seed
+    and the lists of compared methods (the pool keeps the methods every folder has)."""
+    out = {k: v for k, v in cfg.items() if k != "task"}
+    out["task"] = {k: v for k, v in cfg["task"].items() if k != "seed"}
+    out["reproduce"] = {k: v for k, v in cfg.get("reproduce", {}).items() if k not in ("methods", "tradeoff_methods")}
+    return out
+
+
 def pooled_summary(folders: list[str | Path], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """The pooled summary of reproduce folders that differ only in the task seed."""
     folders = [Path(f) for f in folders]
@@ -60,17 +71,17 @@ def pooled_summary(folders: list[str | Path], n_boot: int = 2000, seed: int = 0,
     if len(set(task_seeds)) != len(task_seeds):
         raise ConfigError(f"--pool-tasks pools different task seeds; these folders have task seeds {task_seeds}")
     for f, c in zip(folders[1:], configs[1:]):
-        same = {k: v for k, v in c.items() if k != "task"} == {k: v for k, v in configs[0].items() if k != "task"}
-        same &= {k: v for k, v in c["task"].items() if k != "seed"} == \
-            {k: v for k, v in configs[0]["task"].items() if k != "seed"}
-        if not same:
-            raise ConfigError(f"'{f}' was run with other settings than '{folders[0]}' (beyond task.seed): only "
-                              "the task seed may differ between pooled folders")
+        if comparable(c) != comparable(configs[0]):
+            raise ConfigError(f"'{f}' was run with other settings than '{folders[0]}' (beyond task.seed and which "
+                              "methods were compared): only those may differ between pooled folders")
+    shared = [m for m in summaries[0]["methods"] if all(m in s["methods"] for s in summaries[1:])]
+    if not shared:
+        raise ConfigError("the pooled folders have no method in common")
     paired_against = configs[0].get("reproduce", {}).get("paired_against", ["grpo", "sdsd"])
     per_task, entries_of = [], []
     strata = list(summaries[0].get("strata", {}))
     for i, (f, s) in enumerate(zip(folders, summaries)):
-        rows = run_rows(f, s)
+        rows = run_rows(f, {**s, "methods": {m: s["methods"][m] for m in shared}})
         with_strata(rows, {name: v["prompts"] for name, v in s.get("strata", {}).items()})
         entries, stats = summarize(rows, paired_against, n_boot, seed + i, level, strata=strata)
         per_task.append(stats)
@@ -104,7 +115,7 @@ def pooled_summary(folders: list[str | Path], n_boot: int = 2000, seed: int = 0,
                               "paired": e[m].get("paired", {})} for t, e in zip(task_seeds, entries_of)]
         out_methods[m] = entry
     summary = {"preset": summaries[0]["preset"], "pooled_task_seeds": task_seeds,
-               "sources": [str(f) for f in folders], "wall_seconds": float(sum(s["wall_seconds"] for s in summaries)),
+               "sources": [str(f) for f in folders], "pooled_methods": shared, "wall_seconds": float(sum(s["wall_seconds"] for s in summaries)),
                "id_split": summaries[0].get("id_split", "id_test"), "diversity_r": summaries[0].get("diversity_r"),
                "methods": out_methods, "budget": summaries[0].get("budget", {})}
     ratio = ratio_block(pooled, methods, paired_against, level=level)

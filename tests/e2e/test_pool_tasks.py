@@ -69,6 +69,18 @@ def test_a_primary_endpoint_naming_an_absent_method_is_refused_before_any_work(t
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
 
+def test_pooling_keeps_the_methods_every_folder_compared(two_tasks, tmp_path):
+    """A folder that compared one more method (task seed 2 with sdsd_cmi too): the pool keeps the
+    methods both have; a folder with other settings than the methods and task seed is refused."""
+    assert cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path / "task2"), "--quiet", "--jobs", "1",
+                     "--config", str(two_tasks / "primary.yaml"), *SMALL, "--set", "task.seed=2",
+                     "--set", "reproduce.methods=[base, grpo, sdsd, sdsd_cmi]"]) == 0
+    assert cli.main(["table", "--pool-tasks", str(two_tasks / "task0"), str(tmp_path / "task2"),
+                     "--out", str(tmp_path / "pooled"), "--quiet"]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "summary.json").read_text())
+    assert pooled["pooled_methods"] == ["base", "grpo", "sdsd", "base@t0.7"] == list(pooled["methods"])
+
+
 def test_pooling_refuses_folders_that_differ_beyond_the_task_seed(two_tasks, capsys):
     out = two_tasks / "same"
     assert cli.main(["table", "--pool-tasks", str(two_tasks / "task0"), str(two_tasks / "task0"),
