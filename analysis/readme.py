@@ -228,7 +228,24 @@ def tradeoff_table(summary: dict, options: dict) -> str:
                           _gap_rows(gaps, _select(list(gaps), options)), left=3)
 
 
-KINDS: dict[str, Callable[[dict, dict], str]] = {"main": main_table, "paired": paired_table, "ratio": ratio_table,
+def per_task_table(summary: dict, options: dict) -> str:
+    """A pooled summary (`mitigate table --pool-tasks`): method minus `ref` on the headline columns,
+    pooled over task seeds (third bootstrap level) and then on each task seed alone."""
+    ref = options.get("ref", "grpo")
+    if "pooled_task_seeds" not in summary:
+        return "_Not a pooled summary (mitigate table --pool-tasks)._"
+    cols = columns(summary)
+    names = [n for n in _select(list(summary["methods"]), options) if ref in summary["methods"][n].get("paired", {})]
+    rows = []
+    for name in names:
+        m = summary["methods"][name]
+        for label, d in [("pooled", m["paired"][ref])] + [(str(t["task_seed"]), t["paired"][ref]) for t in m["per_task"]]:
+            rows.append([md_escape(name), label] + [value_cell(_get(d, p + ("mean",)), _get(d, p + ("ci95",)), signed=True,
+                                                               bold_if_excludes_zero=True) for _, p in cols])
+    return markdown_table([f"method − {ref}", "task seed"] + [h for h, _ in cols], rows, left=2)
+
+
+KINDS: dict[str, Callable[[dict, dict], str]] = {"per_task": per_task_table, "main": main_table, "paired": paired_table, "ratio": ratio_table,
                                                  "primary": primary_table, "sharpening": sharpening_table,
                                                  "tradeoff": tradeoff_table}
 

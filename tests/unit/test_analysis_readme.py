@@ -147,3 +147,17 @@ def test_sharpening_and_tradeoff_kinds_print_gaps_bold_only_when_clear():
     assert "| sdsd | sharpening | rare_only pass_at_k/64 | -0.120 [-0.200, -0.050] | 0.30 |" in sharp
     assert "| sdsd_cmi | grpo | id concepts |" in R.tradeoff_table(summary, {})
     assert R.sharpening_table({"methods": {}}, {}) == "_No sharpening control in this summary._"
+
+
+def test_per_task_kind_prints_the_pooled_row_then_each_task_seed():
+    from analysis import readme as R
+
+    d = {"mean": -0.1, "ci95": [-0.2, -0.05]}
+    paired = {"id": {"pass_at_k": {"1": d, "64": d}}, "ood": {}}
+    m = {"seeds": [0], "id": {"pass_at_k": {"1": 0.5, "64": 0.9}}, "ood": {}, "ci95": {},
+         "paired": {"grpo": paired}, "per_task": [{"task_seed": 3, "paired": {"grpo": paired}},
+                                                  {"task_seed": 5, "paired": {"grpo": paired}}]}
+    out = R.per_task_table({"pooled_task_seeds": [3, 5], "methods": {"sdsd": m}}, {}).splitlines()
+    assert [r.split("|")[2].strip() for r in out[2:]] == ["pooled", "3", "5"]
+    assert "**-0.100 [-0.200, -0.050]**" in out[2]
+    assert R.per_task_table({"methods": {}}, {}).startswith("_Not a pooled summary")
