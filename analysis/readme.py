@@ -210,22 +210,22 @@ def _gap_rows(gaps: dict, names: list[str]) -> list[list[str]]:
     return rows
 
 
-def sharpening_table(summary: dict, options: dict) -> str:
-    """Each trained method's gap above the sharpening curve (the base at lower temperatures)."""
-    gaps = (summary.get("sharpening") or {}).get("gaps_above") or {}
+def _gaps_table(summary: dict, block: str, options: dict, absent: str) -> str:
+    gaps = (summary.get(block) or {}).get("gaps_above") or {}
     if not gaps:
-        return "_No sharpening control in this summary._"
+        return f"_No {absent} in this summary._"
     return markdown_table(["method", "curve", "metric", "gap above the curve", "outside range"],
                           _gap_rows(gaps, _select(list(gaps), options)), left=3)
+
+
+def sharpening_table(summary: dict, options: dict) -> str:
+    """Each trained method's gap above the sharpening curve (the base at lower temperatures)."""
+    return _gaps_table(summary, "sharpening", options, "sharpening control")
 
 
 def tradeoff_table(summary: dict, options: dict) -> str:
     """Each method's gap above the trade-off curves (GRPO's and SDSD's weaker updates)."""
-    gaps = (summary.get("tradeoff") or {}).get("gaps_above") or {}
-    if not gaps:
-        return "_No trade-off curves in this summary._"
-    return markdown_table(["method", "curve", "metric", "gap above the curve", "outside range"],
-                          _gap_rows(gaps, _select(list(gaps), options)), left=3)
+    return _gaps_table(summary, "tradeoff", options, "trade-off curves")
 
 
 def per_task_table(summary: dict, options: dict) -> str:
@@ -239,15 +239,17 @@ def per_task_table(summary: dict, options: dict) -> str:
     rows = []
     for name in names:
         m = summary["methods"][name]
-        for label, d in [("pooled", m["paired"][ref])] + [(str(t["task_seed"]), t["paired"][ref]) for t in m["per_task"]]:
-            rows.append([md_escape(name), label] + [value_cell(_get(d, p + ("mean",)), _get(d, p + ("ci95",)), signed=True,
-                                                               bold_if_excludes_zero=True) for _, p in cols])
+        by_task = [("pooled", m["paired"][ref])] + [(str(t["task_seed"]), t["paired"][ref]) for t in m["per_task"]]
+        for label, d in by_task:
+            rows.append([md_escape(name), label] + [value_cell(_get(d, p + ("mean",)), _get(d, p + ("ci95",)),
+                                                               signed=True, bold_if_excludes_zero=True)
+                                                    for _, p in cols])
     return markdown_table([f"method − {ref}", "task seed"] + [h for h, _ in cols], rows, left=2)
 
 
-KINDS: dict[str, Callable[[dict, dict], str]] = {"per_task": per_task_table, "main": main_table, "paired": paired_table, "ratio": ratio_table,
+KINDS: dict[str, Callable[[dict, dict], str]] = {"main": main_table, "paired": paired_table, "ratio": ratio_table,
                                                  "primary": primary_table, "sharpening": sharpening_table,
-                                                 "tradeoff": tradeoff_table}
+                                                 "tradeoff": tradeoff_table, "per_task": per_task_table}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,11 +61,10 @@ def main(argv=None) -> dict:
     for _ in range(args.rounds):
         t, ref = timed(lambda: ratio_reference(policy, task, prompts, cfg.eval.batch_size))
         times["reference"].append(t)
-        times["plain"].append(timed(lambda: evaluate_rows(policy, task, plain_cfg, torch_stream(0, "eval")))[0])
-        times["instrumented"].append(timed(lambda: evaluate_rows(policy, task, cfg.eval, torch_stream(0, "eval"),
-                                                                 reference=ref))[0])
-        times["sharpening"].append(timed(lambda: evaluate_rows(policy, task, sharp_cfg, torch_stream(0, "eval"),
-                                                               reference=ref))[0])
+        for key, eval_cfg, reference in (("plain", plain_cfg, None), ("instrumented", cfg.eval, ref),
+                                         ("sharpening", sharp_cfg, ref)):
+            times[key].append(timed(lambda c=eval_cfg, r=reference: evaluate_rows(
+                policy, task, c, torch_stream(0, "eval"), reference=r))[0])
     med = {k: statistics.median(v) for k, v in times.items()}
     methods = summary["methods"]
     controls = [m for m in methods if m.startswith("base@t")]

@@ -34,9 +34,8 @@ def _columns(summary: dict) -> list[tuple[str, tuple]]:
     ks = [k for k in ("1", "8", "64") if k in first["id"]["pass_at_k"]]
     cols = [(f"ID pass@{k}", ("id", "pass_at_k", k)) for k in ks]
     r = summary.get("diversity_r")  # accuracy-free diversity first: it does not grow with accuracy
-    cols += [(f"{label} among {r} correct", ("id", key)) for label, key in (("concepts", "concepts_at_r"),
-                                                                            ("distinct correct", "distinct_correct_at_r"))
-             if key in first["id"]]
+    at_r = (("concepts", "concepts_at_r"), ("distinct correct", "distinct_correct_at_r"))
+    cols += [(f"{label} among {r} correct", ("id", key)) for label, key in at_r if key in first["id"]]
     cols += [(label, ("id", key)) for label, key in (("distinct correct", "distinct_correct"), ("concepts", "concepts"),
                                                       ("concept entropy", "concept_entropy"),
                                                       ("top-concept share", "top_concept_share"),
@@ -124,11 +123,16 @@ def tradeoff_table(summary: dict) -> str:
     for name, by_curve in gaps.items():
         for curve, by_metric in by_curve.items():
             for metric, g in by_metric.items():
-                lo, hi = g["ci95"]
-                med = "n/a" if g["median"] is None else f"{g['median']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-                star = "*" if (lo == lo and (lo > 0 or hi < 0) and g["outside_share"] < 0.05) else ""
-                lines.append(f"| {name} | {curve} | {metric} | {med}{star} | {g['outside_share']:.2f} |")
+                lines.append(f"| {name} | {curve} | {metric} | {_gap(g)} | {g['outside_share']:.2f} |")
     return "\n".join(lines)
+
+
+def _gap(g: dict) -> str:
+    """A gap above a curve (median [interval]); * when the interval excludes zero and fewer than 5% of
+    replicates fall outside the curve's range."""
+    lo, hi = g["ci95"]
+    med = "n/a" if g["median"] is None else f"{g['median']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return med + ("*" if (lo == lo and (lo > 0 or hi < 0) and g["outside_share"] < 0.05) else "")
 
 
 def primary_table(summary: dict) -> str:
@@ -165,17 +169,15 @@ def sharpening_table(summary: dict) -> str:
     lines = ["| method | metric | gap above the sharpening curve | replicates outside its range |", "|---|---|---|---|"]
     for name, by_curve in summary["sharpening"]["gaps_above"].items():
         for metric, g in by_curve["sharpening"].items():
-            lo, hi = g["ci95"]
-            med = "n/a" if g["median"] is None else f"{g['median']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-            star = "*" if (lo == lo and (lo > 0 or hi < 0) and g["outside_share"] < 0.05) else ""
-            lines.append(f"| {name} | {metric} | {med}{star} | {g['outside_share']:.2f} |")
+            lines.append(f"| {name} | {metric} | {_gap(g)} | {g['outside_share']:.2f} |")
     return "\n".join(lines)
 
 
 def per_task_table(summary: dict) -> str:
     """A pooled summary's per-task-seed results: the main columns of every method on each task seed."""
+    first = next(iter(summary["methods"].values()))
     cols = [(h, p) for h, p in _columns(summary) if p[-1] in ("1", "concepts_at_r", "concepts") or
-            (p[0] == "ood" and p[-1] == max(next(iter(summary["methods"].values()))["ood"][p[1]]["pass_at_k"], key=int))]
+            (p[0] == "ood" and p[-1] == max(first["ood"][p[1]]["pass_at_k"], key=int))]
     lines = ["| task seed | method | " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for name, m in summary["methods"].items():
         for t in m["per_task"]:

@@ -11,5 +11,5 @@ from mitigate.metrics.statistics import (
     point_estimate,
 )
 
-__all__ = ["bootstrap_ci", "ci_tree", "crossed_bootstrap", "distinct_among", "effective_number", "ks_up_to", "mean_metrics",
-           "pass_at_k", "percentile_interval", "point_estimate", "prompt_metrics"]
+__all__ = ["bootstrap_ci", "ci_tree", "crossed_bootstrap", "distinct_among", "effective_number", "ks_up_to",
+           "mean_metrics", "pass_at_k", "percentile_interval", "point_estimate", "prompt_metrics"]

@@ -7,9 +7,10 @@ An endpoint is a paired comparison named before the results exist (`reproduce.pr
 reads "method minus reference on `metric` of `split` is greater than `margin`" (here: SDSD is
 non-inferior to GRPO on ID pass@1 at margin 0.03). `metric` is a per-prompt column of the summary
 (`pass_at_k/K`, `pass_at_k/max` for the largest k measured, `concepts_at_r`, ...), `ratio_slope` or
-`ratio_partial_slope` (the ratio test's slope on pcmi, alone or controlling for sharpening, `metrics.ratio`). Each endpoint gets a one-sided bootstrap p-value from the
-paired crossed-bootstrap replicates (`statistics.bootstrap_p`); Holm's step-down adjustment over the
-family controls the chance of any false claim at `alpha`. Everything not in the family is exploratory.
+`ratio_partial_slope` (the ratio test's slope on pcmi, alone or controlling for sharpening,
+`metrics.ratio`). Each endpoint gets a one-sided bootstrap p-value from the paired crossed-bootstrap
+replicates (`statistics.bootstrap_p`); Holm's step-down adjustment over the family controls the
+chance of any false claim at `alpha`. Everything not in the family is exploratory.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def check_endpoints(endpoints: list, methods: list[str], splits: list[str]) -> l
             raise ValueError(f"reproduce.primary[{i}] must be a mapping with keys {', '.join(FIELDS)}, got {e!r}")
         unknown = sorted(set(e) - set(FIELDS))
         if unknown:
-            raise ValueError(f"reproduce.primary[{i}] has unknown keys {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
+            raise ValueError(f"reproduce.primary[{i}] has unknown keys {', '.join(unknown)}; "
+                             f"allowed: {', '.join(FIELDS)}")
         missing = [k for k in FIELDS if k not in e and k != "margin"]
         if missing:
             raise ValueError(f"reproduce.primary[{i}] lacks {', '.join(missing)}")

@@ -25,7 +25,7 @@ from mitigate.metrics.primary import check_endpoints, primary_block
 from mitigate.metrics.statistics import percentile_interval, pool_task_replicates
 from mitigate.metrics.summary import ratio_block, split_block, summarize, tree
 from mitigate.recipes.evaluate import rows_from_record
-from mitigate.recipes.reproduce import with_strata
+from mitigate.recipes.reproduce import eval_folder, with_strata
 from mitigate.report import read_summary, write_report
 
 
@@ -34,12 +34,7 @@ def run_rows(folder: Path, summary: dict) -> dict:
     base, the sharpening rows under base/temperature-T, every method-seedS run)."""
     rows = {}
     for name, m in summary["methods"].items():
-        if name == "base":
-            paths = {m["seeds"][0]: folder / "base" / "eval.json"}
-        elif name.startswith("base@t"):
-            paths = {m["seeds"][0]: folder / "base" / f"temperature-{name[len('base@t'):]}" / "eval.json"}
-        else:
-            paths = {s: folder / f"{name}-seed{s}" / "eval.json" for s in m["seeds"]}
+        paths = {s: eval_folder(folder, name, s) / "eval.json" for s in m["seeds"]}
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:
             raise ConfigError(f"'{folder}' lacks the evaluation rows {', '.join(missing)}: pooling needs the "
@@ -108,14 +103,16 @@ def pooled_summary(folders: list[str | Path], n_boot: int = 2000, seed: int = 0,
                 entry["paired"][ref] = split_block({s: tree(keys[s], [
                     {"mean": float(d), "ci95": c} for d, c in zip(
                         est[s] - pooled["estimates"][s][ref],
-                        percentile_interval(pooled["replicates"][s][m] - pooled["replicates"][s][ref], level).tolist())])
+                        percentile_interval(pooled["replicates"][s][m] - pooled["replicates"][s][ref],
+                                            level).tolist())])
                     for s in splits}, strata)
         entry["per_task"] = [{"task_seed": t, "id": e[m]["id"], "ood": e[m]["ood"], "ci95": e[m]["ci95"],
                               **({"strata": e[m]["strata"]} if strata else {}),
                               "paired": e[m].get("paired", {})} for t, e in zip(task_seeds, entries_of)]
         out_methods[m] = entry
     summary = {"preset": summaries[0]["preset"], "pooled_task_seeds": task_seeds,
-               "sources": [str(f) for f in folders], "pooled_methods": shared, "wall_seconds": float(sum(s["wall_seconds"] for s in summaries)),
+               "sources": [str(f) for f in folders], "pooled_methods": shared,
+               "wall_seconds": float(sum(s["wall_seconds"] for s in summaries)),
                "id_split": summaries[0].get("id_split", "id_test"), "diversity_r": summaries[0].get("diversity_r"),
                "methods": out_methods, "budget": summaries[0].get("budget", {})}
     ratio = ratio_block(pooled, methods, paired_against, level=level)

@@ -22,10 +22,9 @@ from mitigate.budget import Budget
 from mitigate.core import resume as checkpointing
 from mitigate.core.io import plan_run, read_json, resumable_run, versions, write_json, write_meta
 from mitigate.core.seeding import device_for, torch_stream
-from mitigate.rollout import generate
 from mitigate.core.tracking import parse_report_to
-from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.primary import check_endpoints, primary_block
+from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.ratio import RATIO_KEYS
 from mitigate.metrics.summary import frontier_gaps, ratio_block, summarize
 from mitigate.objectives import OBJECTIVES
@@ -53,6 +52,7 @@ from mitigate.recipes.evaluate import (
 from mitigate.recipes.pretrain import pretrain
 from mitigate.recipes.train import train
 from mitigate.report import write_report
+from mitigate.rollout import generate
 from mitigate.tasks import make_task
 
 
@@ -172,7 +172,7 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
             for t in cfg.reproduce.sharpening:
                 eval_t = C.build(C.EvalConfig, {**C.to_dict(cfg.eval), "temperature": t})
                 rows[sharpened(t)] = {cfg.seed: evaluate_and_record(base_policy, task, eval_t, cfg.seed,
-                                                                    tmp / "base" / f"temperature-{t:g}", quiet,
+                                                                    eval_folder(tmp, sharpened(t), cfg.seed), quiet,
                                                                     reference)}
         bar.update(1)
         # ---- every method x seed (a "cell"): train from the base, evaluate on the same prompts; the
@@ -334,7 +334,8 @@ STRATUM_FIELDS = {"low": 0.0, "high": 1.0, "samples": 512, "seed": 1000}
 def check_strata(strata: dict) -> dict[str, dict]:
     """`reproduce.strata` with defaults filled in, or a ConfigError naming the problem."""
     if not isinstance(strata, dict):
-        raise C.ConfigError(f"reproduce.strata must be a mapping {{NAME: {{low, high, samples, seed}}}}, got {strata!r}")
+        raise C.ConfigError("reproduce.strata must be a mapping {NAME: {low, high, samples, seed}}, "
+                            f"got {strata!r}")
     out = {}
     for name, spec in strata.items():
         if name in ("id", "ood") or not isinstance(name, str):
@@ -344,7 +345,8 @@ def check_strata(strata: dict) -> dict[str, dict]:
                                 f"{', '.join(STRATUM_FIELDS)}, got {spec!r}")
         spec = {**STRATUM_FIELDS, **spec}
         if not (0.0 <= spec["low"] < spec["high"] <= 1.0):
-            raise C.ConfigError(f"reproduce.strata.{name}: need 0 <= low < high <= 1, got {spec['low']}, {spec['high']}")
+            raise C.ConfigError(f"reproduce.strata.{name}: need 0 <= low < high <= 1, "
+                                f"got {spec['low']}, {spec['high']}")
         if isinstance(spec["samples"], bool) or not isinstance(spec["samples"], int) or spec["samples"] < 1:
             raise C.ConfigError(f"reproduce.strata.{name}.samples must be an integer >= 1, got {spec['samples']!r}")
         if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int) or spec["seed"] < 0:
@@ -390,6 +392,16 @@ def with_strata(rows: dict, members: dict[str, list[int]]) -> None:
 def sharpened(temperature: float) -> str:
     """The name of the base sampled at a lower temperature (a sharpening-control row)."""
     return f"base@t{temperature:g}"
+
+
+def eval_folder(out: Path, method: str, seed: int) -> Path:
+    """Where a comparison keeps one evaluated model's folder (with its eval.json): the base, a
+    sharpening row under the base, or a method's run for one seed."""
+    if method == "base":
+        return out / "base"
+    if method.startswith("base@t"):
+        return out / "base" / f"temperature-{method[len('base@t'):]}"
+    return out / f"{method}-seed{seed}"
 
 
 def base_reference(base_policy, task, prompts, eval_cfg, folder: Path) -> Path | None:

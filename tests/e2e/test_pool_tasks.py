@@ -61,8 +61,8 @@ def test_pooled_estimate_is_the_mean_over_task_seeds(two_tasks):
 
 
 def test_a_primary_endpoint_naming_an_absent_method_is_refused_before_any_work(tmp_path, capsys):
-    (tmp_path / "p.yaml").write_text(PRIMARY.replace("method: sdsd, reference: grpo, split: id, metric: ratio_slope",
-                                                     "method: sdsd_cmi, reference: grpo, split: id, metric: ratio_slope"))
+    endpoint = "reference: grpo, split: id, metric: ratio_slope"
+    (tmp_path / "p.yaml").write_text(PRIMARY.replace(f"method: sdsd, {endpoint}", f"method: sdsd_cmi, {endpoint}"))
     assert cli.main(["reproduce", "--preset", "smoke", "--out", str(tmp_path / "x"), "--quiet", "--config",
                      str(tmp_path / "p.yaml"), *SMALL]) == 2
     assert "sdsd_cmi' is not a compared method; allowed: base, grpo, sdsd, base@t0.7" in capsys.readouterr().err

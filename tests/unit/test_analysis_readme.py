@@ -139,8 +139,8 @@ def test_sharpening_and_tradeoff_kinds_print_gaps_bold_only_when_clear():
 
     g = {"median": -0.12, "ci95": [-0.2, -0.05], "outside_share": 0.0}
     unclear = {"median": -0.12, "ci95": [-0.2, -0.05], "outside_share": 0.3}
-    summary = {"methods": {}, "sharpening": {"gaps_above": {"sdsd": {"sharpening": {"id concepts_at_r": g,
-                                                                                    "rare_only pass_at_k/64": unclear}}}},
+    by_metric = {"id concepts_at_r": g, "rare_only pass_at_k/64": unclear}
+    summary = {"methods": {}, "sharpening": {"gaps_above": {"sdsd": {"sharpening": by_metric}}},
                "tradeoff": {"gaps_above": {"sdsd_cmi": {"grpo": {"id concepts": g}}}}}
     sharp = R.sharpening_table(summary, {})
     assert "**-0.120 [-0.200, -0.050]**" in sharp  # excludes 0, inside the curve's range

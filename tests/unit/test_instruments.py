@@ -15,7 +15,6 @@ from mitigate.metrics.primary import check_endpoints, primary_block
 from mitigate.metrics.ratio import RATIO_KEYS, partial_slopes, pcmi_bar, ratio_stats, slope
 from mitigate.metrics.statistics import bootstrap_p, crossed_bootstrap, holm, pool_task_replicates
 
-
 # ----------------------------------------------------------------------------- the ratio test
 
 def tabular_prompt(rng, P=6):
