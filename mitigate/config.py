@@ -96,6 +96,8 @@ class TrainConfig(Section):
                             "ID-validation pass@1 (early stopping; every step still runs and counts in the budget)",
                     choices=("last", "best_probe"))
     probe_samples: int = opt(16, "samples per probe prompt", min=1)
+    horizons: list = opt([], "shorter step counts h < steps whose runs this one also yields, exactly: OUT/horizon-<h>/ "
+                             "holds the checkpoint (per train.keep) the same run with steps=h would keep")
     save_every: int = opt(20, "steps between resume checkpoints in OUT.partial (0: none; see --resume)", min=0)
     on_nonfinite: str = opt("stop", "a non-finite loss or gradient: stop the run (exit 3, last checkpoint kept) or "
                                     "skip the step's update (logged)", choices=("stop", "skip"))

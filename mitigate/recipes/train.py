@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -94,6 +95,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
     if plan is not None and plan.status == "complete":
         finished_run(plan.out, cfg, quiet)
         return Path(out)
+    check_horizons(tc)
     if tc.prompts_per_step % world:
         raise C.ConfigError(f"train.prompts_per_step ({tc.prompts_per_step}) must divide by the number of "
                             f"processes ({world})")
@@ -264,6 +266,8 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                         best = (row["probe_pass_at_1"], step)
                         policy.save(tmp / BEST_FOLDER, checkpoint_record(cfg, method, policy))
                 log.log(row)
+                if step in tc.horizons:
+                    keep_horizon(tmp, step, best, policy, checkpoint_record(cfg, method, policy), tc.keep)
                 bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_base']:.3f}")
             if tc.save_every and step % tc.save_every == 0 and step < tc.steps:
                 save(step)
@@ -280,6 +284,33 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                 policy.save(tmp / "checkpoint", checkpoint_record(cfg, method, policy))
     accelerator.wait_for_everyone()
     return Path(out)
+
+
+def check_horizons(tc) -> None:
+    """`train.horizons`: distinct whole numbers 0 < h < steps; with `keep: best_probe`, multiples of
+    `eval_every`, so that the probes up to h are exactly those the h-step run makes."""
+    for h in tc.horizons:
+        if isinstance(h, bool) or not isinstance(h, int) or not 0 < h < tc.steps:
+            raise C.ConfigError(f"train.horizons: {h!r} is not a whole number of steps between 1 and "
+                                f"train.steps - 1 ({tc.steps - 1})")
+        if tc.keep == "best_probe" and h % tc.eval_every:
+            raise C.ConfigError(f"train.horizons: {h} is not a multiple of train.eval_every ({tc.eval_every}); "
+                                "with train.keep=best_probe a horizon must fall on a probe step")
+    if len(set(tc.horizons)) != len(tc.horizons):
+        raise C.ConfigError(f"train.horizons has repeated values: {tc.horizons}")
+
+
+def keep_horizon(tmp: Path, h: int, best: tuple, policy, record: dict, keep: str) -> None:
+    """At step h, write `tmp/horizon-<h>/`: the checkpoint a run with `steps=h` keeps. Exact, because
+    the prompt order, every random stream and every probe of the first h steps do not depend on
+    `train.steps` (`prompt_order` draws whole passes in turn; the learning rate is constant)."""
+    folder = tmp / f"horizon-{h}"
+    if keep == "best_probe" and (tmp / BEST_FOLDER).is_dir():
+        shutil.copytree(tmp / BEST_FOLDER, folder / "checkpoint", dirs_exist_ok=True)
+        write_json(folder / "kept.json", {"keep": keep, "step": best[1], "probe_pass_at_1": best[0], "horizon": h})
+    else:
+        policy.save(folder / "checkpoint", record)
+        write_json(folder / "kept.json", {"keep": "last", "step": h, "horizon": h})
 
 
 def grad_norm(model: torch.nn.Module, norm=None) -> float:
