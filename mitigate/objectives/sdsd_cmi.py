@@ -42,7 +42,11 @@ pi ∝ (p0^beta exp(a E_{y*} log p(y | x, y*)))^(1 / (beta + a)), between the ba
 mean of the teachers. M reduces variance and does not move the fixed point among correct outputs
 (the estimator is linear in the demonstrations; M only enters the correct mass through how often
 a baseline exists). Incorrect outputs keep the teacher's signal, which moves the correct mass.
-`mitigate.theory.objective_field("sdsd_cmi", ...)` computes R exactly and
+Control (`weights: constant`): every incorrect rollout's advantage is replaced by the batch mean
+of the incorrect rollouts' advantages (and likewise for the correct ones, zero at coef 1): the same
+average push on incorrect outputs, with none of the pcmi's ranking among them. An effect that
+survives this replacement is not CMI's; the README attributes nothing to CMI until this row is in
+the table. `mitigate.theory.objective_field("sdsd_cmi", ...)` computes R exactly and
 tests/unit/test_theory_code.py checks it against this function.
 """
 
@@ -54,6 +58,7 @@ import torch
 
 from mitigate.core.fields import Section, opt
 from mitigate.objectives.base import Batch, Context, register_objective
+from mitigate.objectives.demos import DEMO_RULES
 from mitigate.objectives.teacher import TEACHERS
 from mitigate.ops import AGGREGATIONS, aggregate, leave_one_out_demo_mean, masked_mean
 from mitigate.policies.base import Scores
@@ -68,7 +73,16 @@ class SDSDCMIConfig(Section):
                            "0 = sequence-level SDSD)", min=0.0)
     teacher: str = opt("live", "teacher weights: current (live), EMA of student, or frozen base", choices=TEACHERS)
     ema_decay: float = opt(0.99, "EMA decay when teacher=ema", min=0.0, max=1.0)
+    weights: str = opt("pcmi", "per-rollout advantage: the centred pcmi (the method), or the control 'constant': "
+                               "each rollout's replaced by the batch mean over rollouts of its correctness "
+                               "(same mean push, no CMI information)", choices=("pcmi", "constant"))
     aggregation: str = opt("token_mean", "how per-token losses are reduced", choices=AGGREGATIONS)
+    demo_rule: str = opt("uniform", "which correct rollout is the demonstration (mitigate.objectives.demos)",
+                         choices=DEMO_RULES)
+    demo_buffer_size: int = opt(16, "correct completions kept per prompt when demo_rule=buffer (oldest dropped)",
+                                min=1)
+
+    _quiet_at_default = ("demo_rule", "demo_buffer_size")  # see SDSDConfig: summaries omit them at defaults
 
     def validate(self) -> None:
         if self.coef > 1:
@@ -94,9 +108,21 @@ def demonstration_baseline(pcmi: torch.Tensor, demos: torch.Tensor, batch: Batch
     return level, count[batch.group_index] - w > 0.5
 
 
+def class_means(values: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
+    """[B] `values` with each correct row's replaced by the mean over the batch's correct rows, and
+    each incorrect row's by the mean over its incorrect rows (others unchanged): the constant-weight
+    control, equal to `values` when these are already equal within each class."""
+    out = values.clone()
+    for rows in (correct, incorrect):
+        if rows.any():
+            out[rows] = values[rows].mean()
+    return out
+
+
 @register_objective("sdsd_cmi", SDSDCMIConfig)
 def sdsd_cmi(batch: Batch, ctx: Context, cfg: SDSDCMIConfig) -> tuple[torch.Tensor, dict]:
-    demos, teachers = ctx.teacher.demonstrations(batch, ctx, cfg.M)
+    demos, teachers = ctx.teacher.demonstrations(batch, ctx, cfg.M, rule=cfg.demo_rule,
+                                                 buffer_size=cfg.demo_buffer_size)
     has_demo = demos[:, 0] >= 0
     mask = batch.mask * has_demo.float()[:, None]
     pcmi = per_demonstration_pcmi(batch, teachers, mask)  # [B, M]
@@ -104,6 +130,8 @@ def sdsd_cmi(batch: Batch, ctx: Context, cfg: SDSDCMIConfig) -> tuple[torch.Tens
     correct = batch.correct & has_demo
     level, has_other = demonstration_baseline(pcmi, demos, batch, correct)
     centred = pcmi_hat - torch.nan_to_num(level, nan=0.0)
+    if cfg.weights == "constant":
+        centred = class_means(centred, correct, has_demo & ~batch.correct)
     advantage = torch.where(correct, (1 - cfg.coef) * centred * has_other, centred)
     advantage = torch.where(has_demo, advantage, torch.zeros_like(advantage))
     per_token = -advantage[:, None] * batch.token_logprobs()
