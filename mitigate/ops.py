@@ -9,6 +9,9 @@ import math
 import torch
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+# the self-distillation objectives' choices: the above plus the generalised JSD with a weight alpha
+DISTILL_DIVERGENCES = (*DIVERGENCES, "gjsd")
+TOPK_OF = ("teacher", "student")
 AGGREGATIONS = ("token_mean", "seq_mean", "seq_sum")
 
 
@@ -84,12 +87,13 @@ def reverse_kl_anchor(kl: torch.Tensor, token_logprobs: torch.Tensor,
     return k + token_logprobs * future * mask, k.detach()
 
 
-def token_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+def token_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str, alpha: float = 0.5) -> torch.Tensor:
     """Full-vocabulary divergence at every position: [B, T, V] log-probs -> [B, T].
 
     reverse_kl: KL(student || teacher) = sum_v p_s (log p_s - log p_t)   (mode seeking)
     forward_kl: KL(teacher || student) = sum_v p_t (log p_t - log p_s)   (mass covering)
     jsd:        (KL(p_s || m) + KL(p_t || m)) / 2, m = (p_s + p_t) / 2
+    gjsd:       the generalised JSD with weight `alpha` (`generalised_jsd`); alpha is read by gjsd only
     """
     if kind == "reverse_kl":
         return (student.exp() * (student - teacher)).sum(-1)
@@ -98,7 +102,69 @@ def token_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str) ->
     if kind == "jsd":
         m = torch.logsumexp(torch.stack([student, teacher]), 0) - math.log(2.0)
         return 0.5 * ((student.exp() * (student - m)).sum(-1) + (teacher.exp() * (teacher - m)).sum(-1))
-    raise ValueError(f"unknown divergence '{kind}'; allowed: {', '.join(DIVERGENCES)}")
+    if kind == "gjsd":
+        return generalised_jsd(student, teacher, alpha)
+    raise ValueError(f"unknown divergence '{kind}'; allowed: {', '.join(DISTILL_DIVERGENCES)}")
+
+
+def generalised_jsd(student: torch.Tensor, teacher: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The generalised Jensen-Shannon divergence of GKD (Agarwal et al. 2024) as TRL's
+    `generalized_jsd_loss` and the public SDPO trainers compute it, [B, T, V] log-probs -> [B, T]:
+
+        m = alpha p_t + (1 - alpha) p_s
+        D = alpha KL(p_t || m) + (1 - alpha) KL(p_s || m)      for 0 < alpha < 1
+        D = KL(p_t || p_s) = forward_kl                          at alpha = 0
+        D = KL(p_s || p_t) = reverse_kl                          at alpha = 1
+
+    The end points are those conventions' special cases, taken as they are: the formula itself goes
+    to 0 at both ends (D ~ alpha KL(p_t || p_s) as alpha -> 0 and ~ (1 - alpha) KL(p_s || p_t) as
+    alpha -> 1), so D is NOT continuous at 0 and 1; D / (alpha (1 - alpha)) would be. alpha = 0.5
+    is `jsd` (the same value, another float summation order)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"gjsd weight alpha must lie in [0, 1], got {alpha}")
+    if alpha == 0.0:
+        return token_divergence(student, teacher, "forward_kl")
+    if alpha == 1.0:
+        return token_divergence(student, teacher, "reverse_kl")
+    m = torch.logaddexp(teacher + math.log(alpha), student + math.log1p(-alpha))
+    return (alpha * (teacher.exp() * (teacher - m)).sum(-1)
+            + (1.0 - alpha) * (student.exp() * (student - m)).sum(-1))
+
+
+def topk_tail(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[..., V] log-probs coarsened to k + 1 buckets: the k tokens `ids` [..., k] and one tail
+    bucket holding the remaining mass 1 - sum_k p (floored at 1e-30, where the k tokens hold it all)."""
+    top = logprobs.gather(-1, ids)
+    total = torch.logsumexp(top, -1, keepdim=True).clamp(max=0.0)
+    tail = torch.log((-torch.expm1(total)).clamp(min=1e-30))
+    return torch.cat([top, tail], -1)
+
+
+def topk_tail_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str, k: int, of: str = "teacher",
+                         alpha: float = 0.5) -> torch.Tensor:
+    """`token_divergence` between student and teacher coarsened to k + 1 buckets: the k most likely
+    tokens of the teacher's (`of="teacher"`, what public SDPO trainers keep) or of the student's
+    (`of="student"`; the choice of tokens carries no gradient) distribution at each position, plus
+    one tail bucket with the remaining mass of each. [B, T, V] log-probs -> [B, T]. By the data
+    processing inequality it never exceeds the full divergence, and it equals it at k = V (a tail
+    of zero mass on both sides contributes 0). Without the tail bucket the student could lower the
+    loss by moving mass off the top-k tokens."""
+    if of not in TOPK_OF:
+        raise ValueError(f"unknown top-k source '{of}'; allowed: {', '.join(TOPK_OF)}")
+    if k < 1:
+        raise ValueError(f"top-k needs k >= 1, got {k}")
+    k = min(k, student.shape[-1])
+    ids = (teacher if of == "teacher" else student).detach().topk(k, -1).indices
+    return token_divergence(topk_tail(student, ids), topk_tail(teacher.detach(), ids), kind, alpha)
+
+
+def divergence_with(student: torch.Tensor, teacher: torch.Tensor, kind: str, alpha: float = 0.5, topk: int = 0,
+                    topk_of: str = "teacher") -> torch.Tensor:
+    """The one entry for a divergence with its options: full vocabulary when topk = 0, else
+    `topk_tail_divergence`. [B, T, V] log-probs -> [B, T]."""
+    if topk:
+        return topk_tail_divergence(student, teacher, kind, topk, topk_of, alpha)
+    return token_divergence(student, teacher, kind, alpha)
 
 
 def token_entropy(logprobs: torch.Tensor) -> torch.Tensor:
@@ -186,15 +252,20 @@ def leave_one_out_demo_mean(values: torch.Tensor, demos: torch.Tensor, group_ind
     values[j, m] over the other rows j of its group with include = True and the columns m whose
     demonstration demos[j, m] is not row i. values [B, M] are per-demonstration quantities (each
     row's pcmi against each of its M demonstrations), demos [B, M] their row indices
-    (`pick_demonstrations`). Leaving out row i's own values is not enough when demonstrations are
-    shared: another row's pcmi against row i as its demonstration depends on row i's rollout.
-    NaN where no value is left."""
+    (`pick_demonstrations`; indices outside the batch or in another group are no row's rollout).
+    Leaving out row i's own values is not enough when demonstrations are shared: another row's pcmi
+    against row i as its demonstration depends on row i's rollout. NaN where no value is left."""
     n = int(group_index.max()) + 1
     w = include.to(values.dtype)[:, None].expand_as(values)
     total = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, (values * w).sum(1))
     count = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, group_index, w.sum(1))
     rows = torch.arange(len(values), device=values.device)[:, None]
-    via = (demos >= 0) & (demos != rows)  # values computed with another row as the demonstration
+    # values computed with another row OF THE SAME GROUP as the demonstration (a demonstration from
+    # another group or from outside the batch, `mitigate.objectives.demos`, depends on no row here)
+    demos, group_index = demos.to(values.device), group_index.to(values.device)
+    inside = (demos >= 0) & (demos < len(values))
+    same = group_index[demos.clamp(0, len(values) - 1)] == group_index[:, None]
+    via = inside & same & (demos != rows)
     target = torch.where(via, demos, rows).flatten()
     via_w = (w * via).flatten()
     via_total = torch.zeros(len(values), dtype=values.dtype, device=values.device).index_add_(

@@ -383,7 +383,8 @@ def cmi_reweighting_error(p0, correct, T, Ms: Sequence[int], exact_max_tuples: i
 #   sdsd_anticopy      sdsd's field plus a reward -coef a E[pcmi(y; y*)] on correct outputs: for
 #                      coef > 1 a flattening that favours what demonstrations make less likely.
 
-TABULAR_OBJECTIVES = ("grpo", "sdsd", "sdsd_marginal", "sdsd_cmi", "sdsd_anticopy")
+TABULAR_OBJECTIVES = ("grpo", "sdsd", "sdsd_marginal", "sdsd_cmi", "sdsd_anticopy", "sdsd_interp")
+TABULAR_DEMO_RULES = ("uniform", "first", "distinct", "least_likely")  # mitigate.objectives.demos, one prompt
 
 
 class TabularSpace:
@@ -532,7 +533,8 @@ def _pool_tuple_law(u: np.ndarray, tuples: np.ndarray, k: int) -> np.ndarray:
 
 def objective_field(objective: str, space: TabularSpace, logits, base_logits, *, beta: float, G: int,
                     kappa: float = 0.0, teacher: str = "live", M: int = 1, coef: float = 1.0,
-                    scale_std: bool = True, eps: float = 1e-6) -> np.ndarray:
+                    scale_std: bool = True, eps: float = 1e-6, lam: float = 0.0,
+                    demo_rule: str = "uniform") -> np.ndarray:
     """X [n_prefix, K]: the exact expected gradient of the shipped objective `objective` plus the
     anchor beta KL(pi || p0), per rollout, with respect to the logits of prefix h, is
     q_h * (X_h - E_{q_h} X_h) (see the section comment). Settings as in the objectives' configs:
@@ -555,6 +557,12 @@ def objective_field(objective: str, space: TabularSpace, logits, base_logits, *,
     sdsd_anticopy: the sdsd field plus the reward -coef [a S(y) - ...] on correct outputs (the
     bracket above). M enters these two only through that constant (both are linear in the
     demonstrations); it enters sdsd_marginal, whose teacher is the prefix-weighted M-mixture.
+
+    sdsd_interp: the sdsd field with each teacher replaced by softmax((1 - lam) log T(. | y*, h) +
+    lam log p0(. | h)) (the base without a demonstration). `demo_rule` (sdsd and sdsd_interp) sets
+    the law D of the demonstration on the event k >= 1 (`_demo_law`): uniform and first D = u;
+    distinct and least_likely from every ordered k-tuple of correct others; a group's sole correct
+    rollout demonstrates itself except under `first`, where it is masked.
     """
     if objective not in TABULAR_OBJECTIVES:
         raise ValueError(f"unknown objective '{objective}'; allowed: {', '.join(TABULAR_OBJECTIVES)}")
@@ -566,6 +574,10 @@ def objective_field(objective: str, space: TabularSpace, logits, base_logits, *,
         raise ValueError(f"M must be an integer >= 1, got {M!r}")
     if G < 2:
         raise ValueError(f"group size G must be >= 2, got {G}")
+    if demo_rule not in TABULAR_DEMO_RULES:
+        raise ValueError(f"demo_rule must be one of {', '.join(TABULAR_DEMO_RULES)}, got {demo_rule!r}")
+    if demo_rule != "uniform" and objective not in ("sdsd", "sdsd_interp"):
+        raise ValueError(f"demo_rule {demo_rule!r} is modelled for sdsd and sdsd_interp only")
     lq = space.conditionals(logits)
     lp0 = space.conditionals(base_logits)
     q = np.exp(lq)
@@ -593,7 +605,7 @@ def objective_field(objective: str, space: TabularSpace, logits, base_logits, *,
 
     log_t = copy_teacher_logprobs(space, logits if teacher == "live" else base_logits, kappa)  # [d, h, v]
     a = 1.0 - pk[0]                                                           # P(k >= 1)
-    if objective in ("sdsd", "sdsd_anticopy", "sdsd_marginal"):
+    if objective in ("sdsd", "sdsd_anticopy", "sdsd_marginal", "sdsd_interp"):
         if objective == "sdsd_marginal" and M > 1:
             sup = np.flatnonzero(C)
             tuples = sup[np.array(list(itertools.product(range(len(sup)), repeat=M)))]   # [n_tup, M]
@@ -607,7 +619,11 @@ def objective_field(objective: str, space: TabularSpace, logits, base_logits, *,
             W = law[:, None] * visit[None, :] + pk[0] * own                           # [n_tup, h]
         else:
             log_mix = log_t
-            W = a * u[:, None] * visit[None, :] + pk[0] * (np.where(C, pi, 0.0)[:, None] * space.passes)
+            if objective == "sdsd_interp":
+                log_mix = (1.0 - lam) * log_t + lam * lp0[None]
+                log_mix = log_mix - logsumexp(log_mix, axis=-1, keepdims=True)
+            own = 0.0 if demo_rule == "first" else pk[0] * (np.where(C, pi, 0.0)[:, None] * space.passes)
+            W = _demo_law(demo_rule, u, pi, pk, C)[:, None] * visit[None, :] + own
         X += W.sum(0)[:, None] * lq - np.einsum("dh,dhv->hv", W, log_mix)
         if objective != "sdsd_anticopy":
             return X
@@ -622,6 +638,27 @@ def objective_field(objective: str, space: TabularSpace, logits, base_logits, *,
         return X + score(np.where(C, -coef * centred, 0.0))
     wrong = a * S - pk[1] * S_self - (a - pk[1]) * S_bar
     return X + score(np.where(C, (1.0 - coef) * centred, wrong))
+
+
+def _demo_law(rule: str, u: np.ndarray, pi: np.ndarray, pk: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """D[d]: the probability that a rollout's demonstration is output d and was drawn from k >= 1
+    correct other rollouts (iid from u = pi(. | C), k ~ pk), under `rule`: uniform and first give
+    a u (by exchangeability the first correct other is a draw from u); distinct draws uniformly
+    from the set of distinct outputs of the k-tuple; least_likely takes the tuple's output of
+    lowest pi (ties: the first in row order). Exact: every ordered k-tuple of correct outputs."""
+    if rule in ("uniform", "first"):
+        return (1.0 - pk[0]) * u
+    sup = np.flatnonzero(C)
+    out = np.zeros(len(u))
+    for k in range(1, len(pk)):
+        for tup in itertools.product(sup, repeat=k):
+            w = pk[k] * np.prod(u[list(tup)])
+            if rule == "distinct":
+                outs = sorted(set(tup))
+                out[outs] += w / len(outs)
+            else:
+                out[tup[int(np.argmin(pi[list(tup)]))]] += w
+    return out
 
 
 def expected_gradient(objective: str, space: TabularSpace, logits, base_logits, **kw) -> np.ndarray:

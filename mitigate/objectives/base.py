@@ -54,11 +54,12 @@ class Batch:
         """[B, T] student log-prob of each sampled token, with grad."""
         return self.scores.token_logprobs()
 
-    def divergence(self, target: Scores, kind: str = "reverse_kl") -> torch.Tensor:
+    def divergence(self, target: Scores, kind: str = "reverse_kl", **options) -> torch.Tensor:
         """[B, T] full-vocabulary divergence `kind` from the student (with grad) to `target` (a
         teacher's scores, `batch.reference`, a mixture; no gradient), `mitigate.ops.token_divergence`'s
-        conventions: reverse_kl = KL(student || target)."""
-        return self.scores.divergence(target, kind)
+        conventions: reverse_kl = KL(student || target). `options`: `alpha` (kind "gjsd"), `topk` and
+        `topk_of` (top-k with a tail bucket), `mitigate.ops.divergence_with`; none by default."""
+        return self.scores.divergence(target, kind, **options) if options else self.scores.divergence(target, kind)
 
     def token_entropy(self) -> torch.Tensor:
         """[B, T] entropy of the student's next-token distribution at each position, with grad."""

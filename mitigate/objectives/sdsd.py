@@ -9,6 +9,23 @@ token-level divergence to it at every position of its own rollout, over the full
 
 Averaged over y*, its optimum is p0(y) exp(E_{y*} pcmi(y; y* | x)) / Z: the tilt this package
 studies. Groups with no correct rollout have no demonstration and are masked (share logged).
+
+Options shared by every SDSD-family objective (their configs derive from `SDSDConfig`; defaults are
+the package's original SDSD, and leave a run's numbers as they were):
+
+    demo_rule        which correct rollout is the demonstration (`mitigate.objectives.demos`): uniform
+                     over the group's others (default), first (public SDPO trainers), distinct,
+                     least_likely, buffer (earlier steps), other_prompt (the control)
+    divergence       D: reverse_kl (default), forward_kl (what published self-distillation runs used),
+                     jsd, or gjsd, the generalised JSD with weight jsd_alpha between them
+                     (`ops.generalised_jsd`: alpha 0 = forward_kl, 1 = reverse_kl, 0.5 = jsd)
+    divergence_topk  0: the full vocabulary (default); k: D between the two distributions coarsened to
+                     the k most likely tokens of the teacher's (topk_of) or the student's distribution
+                     plus one tail bucket (`ops.topk_tail_divergence`; equal to the full D at k = V)
+
+Where the divergence is not reverse KL the fixed point is no longer the geometric mean of teachers:
+forward KL's per-prefix optimum is their arithmetic mean (the mass-covering mixture E_{y*} T(. | y*)
+at each prefix, itself a tilt toward what likely demonstrations say).
 """
 
 from __future__ import annotations
@@ -19,8 +36,9 @@ import torch
 
 from mitigate.core.fields import Section, opt
 from mitigate.objectives.base import Batch, Context, register_objective
+from mitigate.objectives.demos import DEMO_RULES
 from mitigate.objectives.teacher import TEACHERS
-from mitigate.ops import AGGREGATIONS, DIVERGENCES, aggregate, masked_mean, sampled_token_reverse_kl
+from mitigate.ops import AGGREGATIONS, DISTILL_DIVERGENCES, TOPK_OF, aggregate, masked_mean, sampled_token_reverse_kl
 
 ESTIMATORS = ("full_vocab", "sampled_token")
 
@@ -28,27 +46,52 @@ ESTIMATORS = ("full_vocab", "sampled_token")
 @dataclass
 class SDSDConfig(Section):
     name: str = opt("sdsd", "registered objective name")
-    divergence: str = opt("reverse_kl", "token-level divergence student -> teacher", choices=DIVERGENCES)
+    divergence: str = opt("reverse_kl", "token-level divergence student -> teacher (gjsd: weight jsd_alpha)",
+                          choices=DISTILL_DIVERGENCES)
     estimator: str = opt("full_vocab", "full-vocabulary divergence, or score-function on the sampled token",
                          choices=ESTIMATORS)
     teacher: str = opt("live", "teacher weights: current (live), EMA of student, or frozen base",
                        choices=TEACHERS)
     ema_decay: float = opt(0.99, "EMA decay when teacher=ema", min=0.0, max=1.0)
     aggregation: str = opt("token_mean", "how per-token losses are reduced", choices=AGGREGATIONS)
+    demo_rule: str = opt("uniform", "which correct rollout is the demonstration (mitigate.objectives.demos)",
+                         choices=DEMO_RULES)
+    demo_buffer_size: int = opt(16, "correct completions kept per prompt when demo_rule=buffer (oldest dropped)",
+                                min=1)
+    jsd_alpha: float = opt(0.5, "weight alpha of divergence gjsd: 0 = forward_kl, 1 = reverse_kl, 0.5 = jsd",
+                           min=0.0, max=1.0)
+    divergence_topk: int = opt(0, "0: full vocabulary; k: top-k tokens plus one tail bucket", min=0)
+    topk_of: str = opt("teacher", "whose k most likely tokens the top-k form keeps", choices=TOPK_OF)
+
+    # fields added after results were recorded: left out of summary.json's objective records while at
+    # their defaults (`mitigate.recipes.reproduce.objective_record`), so earlier summaries stay comparable
+    _quiet_at_default = ("demo_rule", "demo_buffer_size", "jsd_alpha", "divergence_topk", "topk_of")
+
+
+def demo_options(cfg) -> dict:
+    """`Teacher.demonstrations` keywords of a config with `demo_rule` (every SDSD-family config)."""
+    return {"rule": cfg.demo_rule, "buffer_size": cfg.demo_buffer_size}
+
+
+def divergence_options(cfg: SDSDConfig) -> dict:
+    """`batch.divergence` keywords of an SDSD-family config: none at the defaults (the original call)."""
+    if cfg.divergence != "gjsd" and not cfg.divergence_topk:
+        return {}
+    return {"alpha": cfg.jsd_alpha, "topk": cfg.divergence_topk, "topk_of": cfg.topk_of}
 
 
 @register_objective("sdsd", SDSDConfig)
 def sdsd(batch: Batch, ctx: Context, cfg: SDSDConfig) -> tuple[torch.Tensor, dict]:
-    demos, (teacher,) = ctx.teacher.demonstrations(batch, ctx, 1)
+    demos, (teacher,) = ctx.teacher.demonstrations(batch, ctx, 1, **demo_options(cfg))
     demo = demos[:, 0]
     has_demo = (demo >= 0).float()[:, None]
     mask = batch.mask * has_demo
     if cfg.estimator == "full_vocab":
-        per_token = batch.divergence(teacher, cfg.divergence)
+        per_token = batch.divergence(teacher, cfg.divergence, **divergence_options(cfg))
         div = per_token.detach()
     else:
-        if cfg.divergence != "reverse_kl":
-            raise ValueError("estimator 'sampled_token' supports divergence 'reverse_kl' only")
+        if cfg.divergence != "reverse_kl" or cfg.divergence_topk:
+            raise ValueError("estimator 'sampled_token' supports divergence 'reverse_kl' over the full vocabulary only")
         per_token = sampled_token_reverse_kl(batch.token_logprobs(), teacher.token_logprobs())
         with torch.no_grad():  # logged: the full-vocabulary divergence the estimator targets
             div = batch.divergence(teacher, cfg.divergence)

@@ -35,7 +35,7 @@ import torch
 
 from mitigate.core.fields import opt
 from mitigate.objectives.base import Batch, Context, register_objective
-from mitigate.objectives.sdsd import SDSDConfig
+from mitigate.objectives.sdsd import SDSDConfig, demo_options, divergence_options
 from mitigate.objectives.sdsd_cmi import demonstration_baseline, per_demonstration_pcmi
 from mitigate.ops import aggregate, masked_mean
 
@@ -51,10 +51,11 @@ class SDSDAntiCopyConfig(SDSDConfig):
 def sdsd_anticopy(batch: Batch, ctx: Context, cfg: SDSDAntiCopyConfig) -> tuple[torch.Tensor, dict]:
     if cfg.estimator != "full_vocab":
         raise ValueError("sdsd_anticopy supports estimator 'full_vocab' only")
-    demos, teachers = ctx.teacher.demonstrations(batch, ctx, cfg.M)
+    demos, teachers = ctx.teacher.demonstrations(batch, ctx, cfg.M, **demo_options(cfg))
     has_demo = (demos[:, 0] >= 0).float()[:, None]
     mask = batch.mask * has_demo
-    divergence = torch.stack([batch.divergence(t, cfg.divergence) for t in teachers]).mean(0)
+    divergence = torch.stack([batch.divergence(t, cfg.divergence, **divergence_options(cfg))
+                              for t in teachers]).mean(0)
     pcmi = per_demonstration_pcmi(batch, teachers, mask)  # [B, M]
     pcmi_hat = pcmi.mean(1)
     correct = batch.correct & (demos[:, 0] >= 0)

@@ -23,7 +23,7 @@ import torch
 
 from mitigate.core.fields import opt
 from mitigate.objectives.base import Batch, Context, register_objective
-from mitigate.objectives.sdsd import SDSDConfig
+from mitigate.objectives.sdsd import SDSDConfig, demo_options, divergence_options
 from mitigate.ops import aggregate, gather_tokens, log_mixture, masked_mean, mixture_log_weights
 from mitigate.policies.base import mixture
 
@@ -47,12 +47,12 @@ def marginal_teacher_logprobs(teacher_logprobs: torch.Tensor, tokens: torch.Tens
 def sdsd_marginal(batch: Batch, ctx: Context, cfg: SDSDMarginalConfig) -> tuple[torch.Tensor, dict]:
     if cfg.estimator != "full_vocab":
         raise ValueError("sdsd_marginal supports estimator 'full_vocab' only")
-    demos, per_demo = ctx.teacher.demonstrations(batch, ctx, cfg.M)
+    demos, per_demo = ctx.teacher.demonstrations(batch, ctx, cfg.M, **demo_options(cfg))
     log_w = mixture_log_weights(torch.stack([t.token_logprobs() for t in per_demo]), batch.mask)
     teacher = mixture(per_demo, log_w)
     has_demo = (demos[:, 0] >= 0).float()[:, None]
     mask = batch.mask * has_demo
-    per_token = batch.divergence(teacher, cfg.divergence)
+    per_token = batch.divergence(teacher, cfg.divergence, **divergence_options(cfg))
     loss = aggregate(per_token, mask, cfg.aggregation) if mask.sum() > 0 else batch.zero_loss()
     return loss, {f"{cfg.divergence}_teacher": masked_mean(per_token.detach(), mask).item(),
                   "masked_prompts": 1.0 - has_demo.mean().item()}

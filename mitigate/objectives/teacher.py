@@ -7,20 +7,23 @@ The teacher is the policy conditioned on a correct demonstration y* of the same 
     ema   an exponential moving average of the student (`ema_decay`), updated after each step
     base  the frozen initial model
 
-`demonstrations(batch, ctx, m)` draws m demonstrations per rollout from the correct rollouts of
-its group (another one when there is one; `ops.pick_demonstrations`) and returns the m teachers'
-`Scores` of the rollouts (`mitigate.policies.base`): stop-gradient targets for
-`batch.divergence(teacher, kind)` [B, T], with `teacher.token_logprobs()` [B, T] for sequence-level
-quantities. Nothing [B, T, V] is built for a policy that does not need it (`hf` keeps hidden
-states). Draws and targets are made once per step and reused across inner epochs, so every inner
-epoch distils toward the same targets (a target does not move when the live weights do).
+`demonstrations(batch, ctx, m)` draws m demonstrations per rollout from the correct rollouts of its
+group (another one when there is one; `ops.pick_demonstrations`; other rules with `rule=`,
+`mitigate.objectives.demos`) and returns the m teachers' `Scores` of the rollouts
+(`mitigate.policies.base`): stop-gradient targets for `batch.divergence(teacher, kind)` [B, T],
+with `teacher.token_logprobs()` [B, T] for sequence-level quantities. Nothing [B, T, V] is built
+for a policy that does not need it (`hf` keeps hidden states). Draws and targets are made once per
+step and reused across inner epochs, so every inner epoch distils toward the same targets (a target
+does not move when the live weights do).
 """
 
 from __future__ import annotations
 
 import torch
 
-from mitigate.ops import pick_demonstrations
+from mitigate.core.resume import ResumeError
+from mitigate.objectives import demos as demo_rules
+from mitigate.ops import pick_demonstrations  # noqa: F401  (the uniform rule's draws: demos.pick calls it by this name)
 from mitigate.policies.base import Scores, target_scores
 
 TEACHERS = ("live", "ema", "base")
@@ -33,6 +36,9 @@ class Teacher:
         self.kind, self.policy, self.decay = kind, policy, ema_decay
         self.weights = {"live": policy, "base": reference, "ema": policy.frozen_copy() if kind == "ema" else None}[kind]
         self._cache: dict = {}
+        self._extra: list[torch.Tensor] = []  # completions a rule adds beyond the batch (demo_rule buffer)
+        self.buffer: demo_rules.DemoBuffer | None = None
+        self._first_step: int | None = None
         self._splittable: bool | None = None  # whether the policy's Scores have `rows` (known after one call)
 
     def scores(self, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> Scores:
@@ -46,20 +52,35 @@ class Teacher:
         return self.scores(contexts, tokens, mask).materialise()
 
     def demonstration_contexts(self, batch, ctx, demo_index: torch.Tensor) -> list[list[int]]:
-        """Teacher contexts for one column of demonstration indices (-1: the plain prompt)."""
-        out = []
+        """Teacher contexts for one column of demonstration indices (-1: the plain prompt; >= B: the
+        rule's extra completions)."""
+        out, b = [], len(batch.tokens)
         for i, j in enumerate(demo_index.tolist()):
             prompt = batch.prompts[int(batch.group_index[i])]
-            out.append(ctx.task.teacher_context(prompt, batch.tokens[j]) if j >= 0 else batch.contexts[i])
+            if j < 0:
+                out.append(batch.contexts[i])
+            else:
+                out.append(ctx.task.teacher_context(prompt, batch.tokens[j] if j < b else self._extra[j - b]))
         return out
 
-    def demonstrations(self, batch, ctx, m: int = 1) -> tuple[torch.Tensor, list[Scores]]:
-        """(demonstration indices [B, m] (-1: group has no correct rollout), the m teachers' `Scores`
-        of the rollouts, column k conditioned on demonstrations[:, k]), drawn once per step."""
-        key = (ctx.step, m)
+    def demonstrations(self, batch, ctx, m: int = 1, rule: str = "uniform",
+                       buffer_size: int = 16) -> tuple[torch.Tensor, list[Scores]]:
+        """(demonstration indices [B, m] (-1: none, e.g. the group has no correct rollout; >= B: a
+        completion from outside the batch, the buffer's), the m teachers' `Scores` of the rollouts,
+        column k conditioned on demonstrations[:, k]), drawn once per step under `rule`
+        (`mitigate.objectives.demos`; `uniform` draws exactly as before the rules existed)."""
+        key = (ctx.step, m, rule)
         if key not in self._cache:
             self._cache = {}
-            demos = pick_demonstrations(batch.group_index, batch.correct, m, ctx.generator)
+            if self._first_step is None:
+                self._first_step = ctx.step
+            if rule == "buffer" and self.buffer is None:
+                if self._first_step > 1:
+                    raise ResumeError(f"demo_rule 'buffer' keeps earlier steps' correct rollouts, which a resume "
+                                      f"checkpoint does not hold: a run resumed at step {ctx.step} could not be "
+                                      "exact; start over with --overwrite")
+                self.buffer = demo_rules.DemoBuffer(buffer_size)
+            demos, self._extra = demo_rules.pick(rule, batch, m, ctx.generator, self.buffer)
             self._cache[key] = (demos, self._columns(batch, ctx, demos))
         return self._cache[key]
 

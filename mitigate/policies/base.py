@@ -35,7 +35,7 @@ import torch
 
 from mitigate.core.io import InputError, check_safetensors, read_json
 from mitigate.core.registry import Registry
-from mitigate.ops import gather_tokens, log_mixture, token_divergence, token_entropy
+from mitigate.ops import divergence_with, gather_tokens, log_mixture, token_divergence, token_entropy
 
 POLICIES = Registry("policy")
 register_policy = POLICIES.register
@@ -100,9 +100,12 @@ class Scores(Protocol):
     def token_logprobs(self) -> torch.Tensor:
         """[B, T] log-prob of each completion token."""
 
-    def divergence(self, target: Scores, kind: str = "reverse_kl") -> torch.Tensor:
+    def divergence(self, target: Scores, kind: str = "reverse_kl", **options) -> torch.Tensor:
         """[B, T] full-vocabulary divergence between these scores and `target` (same tokens and mask;
-        no gradient flows into `target`), conventions of `mitigate.ops.token_divergence`."""
+        no gradient flows into `target`), conventions of `mitigate.ops.token_divergence`. Optional
+        keyword `options` (`alpha` of kind "gjsd", `topk` > 0 with `topk_of`: the top-k-with-tail
+        form, `mitigate.ops.divergence_with`) are passed only when a caller sets them, so a `Scores`
+        without them serves every default."""
 
     def entropy(self) -> torch.Tensor:
         """[B, T] entropy (nats) of the next-token distribution at each position."""
@@ -127,8 +130,10 @@ class FullScores:
     def token_logprobs(self) -> torch.Tensor:
         return gather_tokens(self.logprobs, self.tokens)
 
-    def divergence(self, target: Scores, kind: str = "reverse_kl") -> torch.Tensor:
-        return token_divergence(self.logprobs, target.materialise().detach(), kind)
+    def divergence(self, target: Scores, kind: str = "reverse_kl", **options) -> torch.Tensor:
+        if not options:
+            return token_divergence(self.logprobs, target.materialise().detach(), kind)
+        return divergence_with(self.logprobs, target.materialise().detach(), kind, **options)
 
     def entropy(self) -> torch.Tensor:
         return token_entropy(self.logprobs)
@@ -144,6 +149,13 @@ class FullScores:
         """The mixture sum_m w_m p_m at each position, log-weights [M, B, T] (`ops.log_mixture`)."""
         stacked = torch.stack([t.materialise() for t in targets])
         return cls(log_mixture(log_weights, stacked), targets[0].tokens)
+
+    @classmethod
+    def geometric(cls, targets: list[Scores], weights: list[float]) -> FullScores:
+        """The renormalised geometric mixture softmax(sum_m w_m log p_m) at each position (weights summing
+        to 1): what `sdsd_interp`'s teacher is."""
+        logits = sum(w * t.materialise().detach() for w, t in zip(weights, targets))
+        return cls(torch.log_softmax(logits, -1), targets[0].tokens)
 
 
 def scores_of(policy, contexts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> Scores:
@@ -170,6 +182,16 @@ def mixture(targets: list[Scores], log_weights: torch.Tensor) -> Scores:
     """The mixture of M targets on the same completions, weights exp(log_weights) [M, B, T] summing
     to 1 over M at each position: `type(targets[0]).mixture` (every built-in `Scores` has one)."""
     return type(targets[0]).mixture(targets, log_weights)
+
+
+def geometric_mixture(targets: list[Scores], weights: list[float]) -> Scores:
+    """The renormalised geometric mixture softmax(sum_m w_m log p_m) of M stop-gradient targets on the
+    same completions (`type(targets[0]).geometric`; `FullScores` has it, `HiddenScores` not yet)."""
+    geometric = getattr(type(targets[0]), "geometric", None)
+    if geometric is None:
+        raise NotImplementedError(f"{type(targets[0]).__name__} has no geometric mixture (sdsd_interp's teacher); "
+                                  "use a policy with FullScores (tiny_gpt)")
+    return geometric(targets, weights)
 
 
 def policy_token_logprobs(policy, contexts: list[list[int]], tokens: torch.Tensor,

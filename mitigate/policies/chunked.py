@@ -39,7 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mitigate.ops import DIVERGENCES, log_mixture, token_divergence, token_entropy
+from mitigate.ops import DISTILL_DIVERGENCES, DIVERGENCES, divergence_with, log_mixture, token_divergence, token_entropy
 
 APPROXIMATIONS = ("full", "topk_tail")
 TINY = 1e-30  # floor for a tail bucket's probability (an empty tail has log-probability log(TINY) on both sides)
@@ -287,6 +287,33 @@ def divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, stude
     raise ValueError(f"unknown approximation '{approximation}'; allowed: {', '.join(APPROXIMATIONS)}")
 
 
+def chunked_divergence_with(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_weight: torch.Tensor,
+                            teacher_weight: torch.Tensor, kind: str, alpha: float = 0.5, topk: int = 0,
+                            topk_of: str = "teacher", chunk_size: int = 256, student_bias: torch.Tensor | None = None,
+                            teacher_bias: torch.Tensor | None = None,
+                            teacher_log_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """`ops.divergence_with` (the generalised JSD, top-k of the teacher's or the student's distribution
+    with a tail bucket) per position [N], in chunks: the teacher's log-probs are recomputed per chunk
+    and the gradient with respect to the logits comes from autograd on each chunk (no closed form;
+    about twice the [C, V] buffers of `chunked_divergence`). Values equal those of the full tensors."""
+    if kind not in DISTILL_DIVERGENCES:
+        raise ValueError(f"unknown divergence '{kind}'; allowed: {', '.join(DISTILL_DIVERGENCES)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    teacher_weight = teacher_weight.detach()
+    teacher_bias = None if teacher_bias is None else teacher_bias.detach()
+    targets = (teacher_hidden.detach(),) if teacher_log_weights is None else (
+        teacher_hidden.detach(), teacher_log_weights.detach())
+
+    def values(logits, *target):
+        with torch.no_grad():
+            teacher = teacher_log_softmax(target[0], teacher_weight, teacher_bias, *target[1:])
+        return divergence_with(torch.log_softmax(logits.float(), -1), teacher, kind, alpha, topk, topk_of)
+
+    return _ChunkedFromLogits.apply(student_hidden, student_weight, student_bias, values, autograd_logits_grad(values),
+                                    chunk_size, *targets)
+
+
 # ----------------------------------------------------------------------------- the Scores interface
 
 class HiddenScores:
@@ -342,17 +369,26 @@ class HiddenScores:
             return self._scatter(self._target_rows(lambda lp, ids: token_entropy(lp)))
         return self._scatter(chunked_entropy(self._rows(), self.weight, self.chunk_size, self.bias))
 
-    def divergence(self, target: HiddenScores, kind: str = "reverse_kl") -> torch.Tensor:
+    def divergence(self, target: HiddenScores, kind: str = "reverse_kl", alpha: float = 0.5, topk: int = 0,
+                   topk_of: str = "teacher") -> torch.Tensor:
         """Per-token divergence to `target` (same completions and mask) with this policy's
-        `approximation` (exact "full", or "topk_tail")."""
+        `approximation` (exact "full", or "topk_tail"). `alpha` (kind "gjsd") and `topk` > 0 (top-k of
+        `topk_of`'s distribution plus a tail bucket) go through `chunked_divergence_with`."""
         if not isinstance(target, HiddenScores):
             raise TypeError(f"HiddenScores.divergence needs HiddenScores as its target, got {type(target).__name__}")
         if self.log_weights is not None:
             raise ValueError("a mixture is a target only")
         if not torch.equal(self.keep, target.keep):
             raise ValueError("student and target scores must cover the same completion positions (same mask)")
-        per_token = divergence(self._rows(), target._rows(), self.weight, target.weight, kind, self.approximation,
-                               self.chunk_size, self.topk, self.bias, target.bias, target._row_log_weights())
+        if kind in DIVERGENCES and not topk:
+            per_token = divergence(self._rows(), target._rows(), self.weight, target.weight, kind, self.approximation,
+                                   self.chunk_size, self.topk, self.bias, target.bias, target._row_log_weights())
+        else:
+            if not topk and self.approximation == "topk_tail":
+                topk, topk_of = self.topk, "teacher"
+            per_token = chunked_divergence_with(self._rows(), target._rows(), self.weight, target.weight, kind, alpha,
+                                                topk, topk_of, self.chunk_size, self.bias, target.bias,
+                                                target._row_log_weights())
         return self._scatter(per_token)
 
     def materialise(self) -> torch.Tensor:

@@ -70,13 +70,26 @@ def method_config(cfg: C.Config, method: str) -> C.Config:
     return C.with_overrides(cfg, entry)
 
 
+def objective_record(section) -> dict:
+    """An objective's settings as summary.json records them: every field, except those its config
+    class lists in `_quiet_at_default` (fields added after results were recorded) while they are at
+    their defaults, so a summary made before they existed still compares key for key. An absent
+    field in a record is at its default."""
+    record = C.to_dict(section)
+    for name in getattr(type(section), "_quiet_at_default", ()):
+        field = type(section).__dataclass_fields__.get(name)
+        if field is not None and name in record and record[name] == field.default:
+            del record[name]
+    return record
+
+
 def budget(cfg: C.Config, method_cfgs: dict) -> dict:
     """The settings every trained method shares, and each one's objective and regularizers."""
     t = cfg.train
     return {"steps": t.steps, "prompts_per_step": t.prompts_per_step, "group_size": t.group_size, "lr": t.lr,
             "kl_coef": t.kl_coef, "kl_estimator": t.kl_estimator,
             "eval_samples": cfg.eval.samples, "pretrain_steps": cfg.pretrain.steps,
-            "objectives": {m: C.to_dict(c.train.objective) for m, c in method_cfgs.items()},
+            "objectives": {m: objective_record(c.train.objective) for m, c in method_cfgs.items()},
             "regularizers": {m: [C.to_dict(r) for r in c.train.regularizers] for m, c in method_cfgs.items()}}
 
 
