@@ -62,7 +62,13 @@ def _report_to(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mitigate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="mitigate",
+        description="Reproduce and mitigate the diversity collapse of on-policy post-training (self-distillation "
+                    "with sampled demonstrations and its alternatives). Commands: pretrain, train, eval, reproduce, "
+                    "sweep, table, theory.",
+        epilog="`mitigate COMMAND --help` lists a command's options. Exit status: 0 done, 2 bad input (nothing "
+               "written), 3 a run stopped on a non-finite value, 130 interrupted.")
     ap.add_argument("--version", action="version", version=f"mitigate {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -111,6 +117,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-tasks", action="store_true",
                    help="the folders are one comparison on several task seeds: pool them with a third bootstrap "
                         "level over task seeds, per-task results beside the pooled ones")
+    p.add_argument("--shared-only", action="store_true",
+                   help="combine summaries evaluated with different settings (n, temperature, ID split, ...; refused "
+                        "otherwise): keep only the metrics every one reports and list each one's settings")
     _common(p, config=False, out_help="output folder (summary.md, summary.json)")
 
     p = sub.add_parser("theory", help="exact checks on enumerable spaces -> theory.json and tables")
@@ -122,6 +131,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:  # also while the libraries load, before any run has started
+        print(f"mitigate {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(args) -> int:
     from mitigate.core.fields import ConfigError
     from mitigate.core.io import InputError, OutputError
 
@@ -149,9 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as e:
         print(f"mitigate {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"mitigate {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 def _early_checks(args) -> None:
@@ -229,13 +243,16 @@ def _dispatch(args) -> int:
 
         if args.overrides:
             raise mitigate.ConfigError("mitigate table reads finished summaries; it takes no --set overrides")
+        if args.pool_tasks and args.shared_only:
+            raise mitigate.ConfigError("--shared-only combines unlike summaries into one table; --pool-tasks pools "
+                                       "only comparisons run alike (use one or the other)")
         if args.pool_tasks:
             from mitigate.recipes.pool import write_pooled
 
             out = write_pooled(args.summaries, Path(args.out), overwrite=args.overwrite)
             print(f"pooled table over task seeds written to {out / 'summary.md'}")
         else:
-            out = write_combined(args.summaries, Path(args.out), overwrite=args.overwrite)
+            out = write_combined(args.summaries, Path(args.out), overwrite=args.overwrite, shared_only=args.shared_only)
             print(f"combined table written to {out / 'summary.md'}")
     elif args.command == "theory":
         from mitigate.recipes.theory import run_theory

@@ -61,11 +61,20 @@ def registered(registry: Registry, default: str, many: bool = False):
 
 # ----------------------------------------------------------------------------- sections
 
+# Bounds of the settings that size memory, checked with the config: far above any run this package
+# makes, low enough that a typo (an extra digit, an exponent) is an error at once, not an
+# allocation that hangs or fails deep in a run.
+MAX_STEPS = 10**7  # optimizer steps (train, pretrain)
+MAX_BATCH = 2**20  # prompts or sequences in one step or forward batch
+MAX_SAMPLES = 2**16  # samples per prompt (evaluation, probe, training group)
+MAX_PROMPT_DRAWS = 10**8  # train.steps x train.prompts_per_step: the prompt order is drawn before the first step
+MAX_ROLLOUTS = 2**22  # train.prompts_per_step x train.group_size: the rollouts of one step, held at once
+
 @dataclass
 class PretrainConfig(Section):
     steps: int = opt(80, "optimizer steps of next-token pretraining (0: save the model as given, e.g. an hf "
-                         "checkpoint)", min=0)
-    batch_size: int = opt(256, "sequences per pretraining step", min=1)
+                         "checkpoint)", min=0, max=MAX_STEPS)
+    batch_size: int = opt(256, "sequences per pretraining step", min=1, max=MAX_BATCH)
     lr: float = opt(3e-3, "peak AdamW learning rate (cosine decay after warmup)", min=0.0)
     warmup_steps: int = opt(20, "linear warmup steps", min=0)
     weight_decay: float = opt(0.01, "AdamW weight decay", min=0.0)
@@ -77,9 +86,9 @@ class PretrainConfig(Section):
 
 @dataclass
 class TrainConfig(Section):
-    steps: int = opt(60, "on-policy optimizer steps", min=1)
-    prompts_per_step: int = opt(64, "prompts per step (each sampled group_size times)", min=1)
-    group_size: int = opt(8, "rollouts per prompt (GRPO group / SDSD demonstration pool)", min=2)
+    steps: int = opt(60, "on-policy optimizer steps", min=1, max=MAX_STEPS)
+    prompts_per_step: int = opt(64, "prompts per step (each sampled group_size times)", min=1, max=MAX_BATCH)
+    group_size: int = opt(8, "rollouts per prompt (GRPO group / SDSD demonstration pool)", min=2, max=MAX_SAMPLES)
     lr: float = opt(3e-5, "AdamW learning rate (constant)", min=0.0)
     kl_coef: float = opt(0.02, "beta: KL(pi || base) leash to the frozen base model, shared by every objective",
                          min=0.0)
@@ -91,11 +100,11 @@ class TrainConfig(Section):
     inner_epochs: int = opt(1, "optimizer passes over each batch of rollouts", min=1)
     temperature: float = opt(1.0, "sampling temperature of rollouts", min=1e-3)
     eval_every: int = opt(20, "steps between probe evaluations (pass@1, concepts) in metrics.jsonl", min=1)
-    probe_prompts: int = opt(32, "ID validation prompts in the periodic probe", min=1)
+    probe_prompts: int = opt(32, "ID validation prompts in the periodic probe", min=1, max=MAX_BATCH)
     keep: str = opt("last", "weights the run's checkpoint holds: the last step's, or the probed step's with the best "
                             "ID-validation pass@1 (early stopping; every step still runs and counts in the budget)",
                     choices=("last", "best_probe"))
-    probe_samples: int = opt(16, "samples per probe prompt", min=1)
+    probe_samples: int = opt(16, "samples per probe prompt", min=1, max=MAX_SAMPLES)
     horizons: list = opt([], "shorter step counts h < steps whose runs this one also yields, exactly: OUT/horizon-<h>/ "
                              "holds the checkpoint (per train.keep) the same run with steps=h would keep")
     save_every: int = opt(20, "steps between resume checkpoints in OUT.partial (0: none; see --resume)", min=0)
@@ -106,12 +115,22 @@ class TrainConfig(Section):
     regularizers: list = opt([], "terms added to the objective: [{name: ..., coef: ..., <fields>}]",
                              resolve=registered(REGULARIZERS, "", many=True))
 
+    def validate(self) -> None:
+        draws, rollouts = self.steps * self.prompts_per_step, self.prompts_per_step * self.group_size
+        if draws > MAX_PROMPT_DRAWS:
+            raise ValueError(f"train.steps x train.prompts_per_step = {draws:,} prompt draws, above the "
+                             f"{MAX_PROMPT_DRAWS:,} a run may plan (its prompt order is drawn before the first step); "
+                             "lower train.steps")
+        if rollouts > MAX_ROLLOUTS:
+            raise ValueError(f"train.prompts_per_step x train.group_size = {rollouts:,} rollouts per step, above the "
+                             f"{MAX_ROLLOUTS:,} one step may hold in memory")
+
 
 @dataclass
 class EvalConfig(Section):
-    samples: int = opt(128, "samples per prompt for pass@k and diversity", min=1)
+    samples: int = opt(128, "samples per prompt for pass@k and diversity", min=1, max=MAX_SAMPLES)
     temperature: float = opt(1.0, "sampling temperature at evaluation", min=1e-3)
-    batch_size: int = opt(4096, "sequences sampled per forward batch", min=1)
+    batch_size: int = opt(4096, "sequences sampled per forward batch", min=1, max=MAX_BATCH)
     max_prompts: int = opt(64, "cap on prompts per split (0 = all)", min=0)
     id_split: str = opt("id_test", "ID split evaluated: the task's test split (id_test, to report) or its "
                                    "validation split (id_val, to choose settings)",
@@ -146,9 +165,9 @@ class ReproduceConfig(Section):
     interpolation: list = opt([0.25, 0.5, 0.75], "interpolation weights alpha of the trade-off curves: "
                               "theta_base + alpha (theta_trained - theta_base)")
     n_boot: int = opt(2000, "crossed-bootstrap replicates for intervals, paired differences and rank intervals",
-                      min=100)
+                      min=100, max=10**6)
     demo_bias_samples: int = opt(64, "samples per demonstration in the base model's demonstration-bias probe",
-                                 min=1)
+                                 min=1, max=MAX_SAMPLES)
     sharpening: list = opt([], "sharpening control: the base sampled at these temperatures (< eval.temperature; "
                                "no training), rows base@tT and a curve every method is judged against (when "
                                "'base' is among reproduce.methods)")
@@ -185,12 +204,16 @@ def presets() -> list[str]:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config '{path}' is a folder; give a YAML file (e.g. {path / 'config.yaml'})")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    except ValueError as e:  # a number YAML reads but Python refuses (an integer of thousands of digits)
+        raise ConfigError(f"config file {path}: {str(e).split(';')[0]}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level")
     return data
@@ -230,6 +253,9 @@ def apply_override(data: dict, assignment: str) -> dict:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise ConfigError(f"override {assignment!r}: value is not valid YAML: {e}") from e
+    except ValueError as e:  # e.g. an integer of thousands of digits: Python refuses to convert it
+        shown = assignment if len(assignment) <= 60 else f"{assignment[:40]}... ({len(raw)} characters)"
+        raise ConfigError(f"override {shown!r}: {str(e).split(';')[0]}") from e
     return merge(data, nest({key.strip(): value}))
 
 

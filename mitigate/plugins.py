@@ -8,17 +8,21 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from importlib import metadata
 from pathlib import Path
 
 from mitigate.core.fields import ConfigError
+from mitigate.core.registry import DuplicateName
 
 ENTRY_POINT_GROUP = "mitigate.plugins"
 _loaded_entry_points = False
 
 
 def import_plugin(spec: str):
-    """Import a module by dotted name, or a `.py` file by path (registered under its stem)."""
+    """Import a module by dotted name, or a `.py` file by path (registered under its stem). A plugin
+    that does not import (syntax error, an exception, a name registered twice) is a `ConfigError`
+    saying why, in one line."""
     path = Path(spec)
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
@@ -31,6 +35,9 @@ def import_plugin(spec: str):
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[name]
+            raise ConfigError(f"--import '{spec}': {failure(e)}") from e
         except BaseException:
             del sys.modules[name]
             raise
@@ -38,8 +45,25 @@ def import_plugin(spec: str):
     try:
         return importlib.import_module(spec)
     except ModuleNotFoundError as e:
+        if e.name is not None and spec != e.name and not spec.startswith(f"{e.name}."):
+            raise ConfigError(f"--import '{spec}': {failure(e)}") from e  # the plugin's own import failed
         raise ConfigError(f"--import: cannot import module '{spec}' ({e}); pass a module on sys.path "
                           "or a path to a .py file") from e
+    except Exception as e:
+        raise ConfigError(f"--import '{spec}': {failure(e)}") from e
+
+
+def failure(e: Exception) -> str:
+    """One line on why a plugin did not import: a syntax error with its place, a name registered
+    twice (the registry's own message), or the exception the plugin raised, where it raised it."""
+    if isinstance(e, SyntaxError):
+        return f"syntax error in '{e.filename}', line {e.lineno}: {e.msg}"
+    if isinstance(e, DuplicateName):
+        return str(e)
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename]
+    where = f" (at '{frames[-1].filename}', line {frames[-1].lineno})" if frames else ""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"the plugin raised {type(e).__name__}{': ' + first if first else ''}{where}"
 
 
 def load_entry_points() -> None:
@@ -51,6 +75,6 @@ def load_entry_points() -> None:
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
-        except ImportError as e:
+        except Exception as e:
             raise ConfigError(f"plugin '{ep.name}' ({ep.value}) of the {ENTRY_POINT_GROUP} entry points does not "
-                              f"import: {e}") from e
+                              f"import: {failure(e)}") from e

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from mitigate.core.fields import ConfigError
-from mitigate.core.io import run_folder, write_json, write_text
+from mitigate.core.io import InputError, check_output, nan_for_null, read_json, run_folder, write_json, write_text
 from mitigate.metrics.ranking import criteria, ood_splits, rank_methods, saturated_columns, value
+from mitigate.metrics.statistics import flat_keys
 
 
 def _fmt(mean, ci=None) -> str:
@@ -131,7 +134,8 @@ def _gap(g: dict) -> str:
     """A gap above a curve (median [interval]); * when the interval excludes zero and fewer than 5% of
     replicates fall outside the curve's range."""
     lo, hi = g["ci95"]
-    med = "n/a" if g["median"] is None else f"{g['median']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    median = g["median"]
+    med = "n/a" if median is None or median != median else f"{median:+.3f} [{lo:+.3f}, {hi:+.3f}]"
     return med + ("*" if (lo == lo and (lo > 0 or hi < 0) and g["outside_share"] < 0.05) else "")
 
 
@@ -199,11 +203,19 @@ def report_markdown(summary: dict) -> str:
     parts += [f"Wall time: {summary['wall_seconds']:.0f} s. Means over seeds of means over prompts; 95% intervals "
               "from a crossed bootstrap (one prompt resample shared by every method and seed, seeds resampled). "
               "Diversity is measured among correct samples. "
-              f"ID columns are on the `{summary.get('id_split', 'id_test')}` pairs.", ""]
+              + (f"ID columns are on the `{summary['id_split']}` pairs." if summary.get("id_split", "id_test")
+                 else "The sources' ID columns are on different splits (below)."), ""]
+    if "evaluation_by_source" in summary:
+        parts += ["**The sources were evaluated with different settings** (`mitigate table --shared-only`): only "
+                  "the metrics every method reports are shown, and numbers across sources measure different "
+                  "things where these settings differ:", ""]
+        parts += [f"- `{src}`: " + ", ".join(f"{k} = {v}" for k, v in by.items())
+                  for src, by in summary["evaluation_by_source"].items()] + [""]
     if b:
         parts += [f"Shared settings (all trained methods): {b.get('steps')} steps x {b.get('prompts_per_step')} "
                   f"prompts x {b.get('group_size')} rollouts, lr {b.get('lr')}, KL leash {b.get('kl_coef')} "
-                  f"({b.get('kl_estimator', 'k3')}); evaluation n = {b.get('eval_samples')}.", ""]
+                  f"({b.get('kl_estimator', 'k3')}); evaluation n = {b.get('eval_samples') or 'per source (above)'}.",
+                  ""]
         for m, o in b.get("objectives", {}).items():
             regs = b.get("regularizers", {}).get(m) or []
             parts.append(f"- `{m}`: {o}" + (f" + {regs}" if regs else ""))
@@ -282,27 +294,104 @@ def write_report(summary: dict, out: Path) -> None:
     write_text(Path(out) / "summary.md", report_markdown(summary))
 
 
-def read_summary(path: str | Path) -> dict:
+def summary_file(path: str | Path) -> Path:
+    """The summary.json of a run folder, or the file itself."""
     p = Path(path)
-    if p.is_dir():
-        p = p / "summary.json"
-    if not p.is_file():
-        raise ConfigError(f"no summary.json at '{p}'")
-    return json.loads(p.read_text())
+    return p / "summary.json" if p.is_dir() else p
 
 
-def combine_summaries(paths: list[str | Path]) -> dict:
+def read_summary(path: str | Path) -> dict:
+    """A run folder's summary.json (or the file given), checked to be one; a null, a number that was
+    not finite, is read back as NaN."""
+    file = summary_file(path)
+    if not file.is_file():
+        raise ConfigError(f"no summary.json at '{file}'" + ("" if file.parent.is_dir() else
+                                                            f" ('{file.parent}' is not a folder)"))
+    summary = read_json(file, "summary")
+    if not isinstance(summary, dict) or not isinstance(summary.get("methods"), dict) or "preset" not in summary:
+        raise InputError(f"'{file}' is not a summary written by mitigate reproduce, sweep or table (it has no "
+                         "'preset' and 'methods'); give reproduce or sweep output folders or their summary.json")
+    return nan_for_null(summary)
+
+
+# Evaluation settings that change no number (how many sequences share one forward pass).
+NUMBER_NEUTRAL_EVAL = ("batch_size",)
+
+
+def evaluation_settings(path: str | Path, summary: dict) -> dict:
+    """The settings a summary's numbers depend on, as dotted keys: what summary.json records
+    (evaluation n, ID split, r) and, when the run folder's config.yaml is there, the whole `eval`
+    section and the task. A combined table records the settings its sources shared."""
+    settings = {"eval.samples": summary.get("budget", {}).get("eval_samples"),
+                "eval.id_split": summary.get("id_split", "id_test"), "eval.diversity_r": summary.get("diversity_r"),
+                **summary.get("evaluation", {})}
+    config = summary_file(path).parent / "config.yaml"
+    if config.is_file():
+        try:
+            resolved = yaml.safe_load(config.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise InputError(f"'{config}' cannot be read as YAML ({e})") from e
+        if isinstance(resolved, dict):
+            settings.update({f"eval.{k}": v for k, v in resolved.get("eval", {}).items()
+                             if k not in NUMBER_NEUTRAL_EVAL})
+            settings.update({f"task.{k}": v for k, v in resolved.get("task", {}).items()})
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def differing_settings(settings: dict[str, dict]) -> dict[str, dict]:
+    """{key: {source: value}} for every setting known for every source whose values differ."""
+    known = set.intersection(*(set(s) for s in settings.values()))
+    return {k: {src: s[k] for src, s in settings.items()} for k in sorted(known)
+            if len({json.dumps(s[k], sort_keys=True) for s in settings.values()}) > 1}
+
+
+def shared_metrics(blocks: list[dict]) -> set[tuple]:
+    """The metric paths (split, ..., metric) every method's block reports."""
+    return set.intersection(*(set(flat_keys({k: b[k] for k in ("id", "ood", "strata") if k in b})) for b in blocks))
+
+
+def only_paths(tree: dict, paths: set[tuple], prefix: tuple = ()) -> dict:
+    """The metric tree `tree` (at `prefix`) without the leaves outside `paths`; other keys kept."""
+    out = {}
+    for k, v in tree.items():
+        here = prefix + (k,)
+        if here in paths or (not prefix and k not in ("id", "ood", "strata")):
+            out[k] = v  # a metric (a paired one is {mean, ci95}), or what is not a metric tree
+        elif isinstance(v, dict) and any(p[:len(here)] == here for p in paths):
+            out[k] = only_paths(v, paths, here)
+    return out
+
+
+def only_shared(method: dict, paths: set[tuple]) -> dict:
+    """A method's summary entry reduced to the metrics every combined method reports."""
+    out = only_paths(method, paths)
+    out["ci95"] = only_paths(method["ci95"], paths)
+    out["paired"] = {r: only_paths(d, paths) for r, d in method.get("paired", {}).items()}
+    if "per_seed" in method:
+        out["per_seed"] = [only_paths(s, paths) for s in method["per_seed"]]
+    return out
+
+
+def combine_summaries(paths: list[str | Path], shared_only: bool = False) -> dict:
     """Merge the methods of several summary.json files (e.g. ablation sweeps sharing one base)
     into one summary for a joint table. Methods keep their names; `base` is taken from the first
-    file; any other repeated name is an error. Only summaries on the same ID split combine."""
+    file; any other repeated name is an error. Summaries evaluated with different settings
+    (`evaluation_settings`: n, temperature, ID split, prompts, task, ...) are refused, naming
+    them, unless `shared_only`: then only the metrics every method reports are kept, and the
+    differing settings are recorded per source (`evaluation_by_source`) and printed."""
     merged: dict = {"methods": {}, "sources": [str(p) for p in paths]}
-    for p in paths:
-        s = read_summary(p)
-        split = s.get("id_split", "id_test")
-        if merged.setdefault("id_split", split) != split:
-            raise ConfigError(f"'{p}' reports ID metrics on {split}, the others on {merged['id_split']}")
+    summaries = [read_summary(p) for p in paths]
+    settings = {str(p): evaluation_settings(p, s) for p, s in zip(paths, summaries)}
+    differ = differing_settings(settings)
+    if differ and not shared_only:
+        shown = "; ".join(f"{k}: " + ", ".join(f"{v!r} in '{src}'" for src, v in by.items())
+                          for k, by in differ.items())
+        raise ConfigError(f"the summaries were evaluated with different settings ({shown}), so their numbers do not "
+                          "compare; evaluate them alike, or pass --shared-only to show only the metrics every one "
+                          "reports, with the settings of each")
+    for s in summaries:
         merged.setdefault("preset", s["preset"])
-        merged["wall_seconds"] = merged.get("wall_seconds", 0.0) + s["wall_seconds"]
+        merged["wall_seconds"] = merged.get("wall_seconds", 0.0) + s.get("wall_seconds", 0.0)
         for name, m in s["methods"].items():
             if name in merged["methods"]:
                 if name == "base":
@@ -316,12 +405,25 @@ def combine_summaries(paths: list[str | Path]) -> dict:
     return merged
 
 
-def write_combined(paths: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
+    first = next(iter(settings.values()))
+    merged["evaluation"] = {k: v for k, v in first.items()
+                            if k not in differ and all(s.get(k) == v for s in settings.values())}
+    merged["id_split"] = merged["evaluation"].get("eval.id_split")
+    merged["diversity_r"] = merged["evaluation"].get("eval.diversity_r")
+    if differ:
+        merged["evaluation_by_source"] = {src: {k: by[src] for k, by in differ.items()} for src in settings}
+        merged["budget"]["eval_samples"] = merged["evaluation"].get("eval.samples")
+        paths_kept = shared_metrics(list(merged["methods"].values()))
+        merged["methods"] = {n: only_shared(m, paths_kept) for n, m in merged["methods"].items()}
+def write_combined(paths: list[str | Path], out: str | Path, overwrite: bool = False,
+                   shared_only: bool = False) -> Path:
     """`mitigate table`: one report (tables with intervals, ranking) over the methods of several
-    reproduce/ablation folders. Refuses an existing non-empty `out` (unless `overwrite`) and any
-    `out` that overlaps an input."""
+    reproduce/ablation folders (`combine_summaries`). Refuses an existing non-empty `out` (unless
+    `overwrite`) and any `out` that overlaps an input; then every input is read and checked before
+    anything is written."""
+    check_output(out, overwrite, inputs=paths)
+    summary = combine_summaries(paths, shared_only)
     with run_folder(out, overwrite, inputs=paths) as tmp:
-        summary = combine_summaries(paths)
         summary["ranking"] = rank_methods(summary)
         summary["not_ranked_saturated"] = saturated_columns(summary)
         write_json(tmp / "summary.json", summary)

@@ -25,6 +25,9 @@ class ConfigError(ValueError):
     """A bad config key or value; the message names it and the allowed choices."""
 
 
+INT_LIMIT = 10**18  # below 2**63: any integer setting fits torch's and numpy's int64
+
+
 def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
         max: float | None = None, resolve: typing.Callable | None = None):
     """A config field: default, one-line help, and optional validation.
@@ -65,6 +68,9 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ConfigError(f"'{where}' must be an integer, got {value!r}")
+        if not -INT_LIMIT < value < INT_LIMIT:  # torch and numpy hold at most 64-bit integers
+            raise ConfigError(f"'{where}' must be an integer of at most 18 digits, got one of "
+                              f"{len(str(abs(int(value))))} digits")
         return int(value)
     if typ is float:
         if isinstance(value, str):  # YAML 1.1 reads `3e-5` (no dot) as a string

@@ -19,6 +19,7 @@ class NonFiniteError(RuntimeError):
     """A run stopped on a non-finite loss term, gradient or weight."""
 
     exit_code = EXIT_NONFINITE
+    gives_resume_advice = True  # the message says how to go on: `io.resumable_run` adds no generic note
 
     def __init__(self, message: str, step: int, terms: dict[str, float]):
         super().__init__(message)
@@ -36,11 +37,17 @@ def describe(values: dict[str, float]) -> str:
 
 def nonfinite_message(loop: str, step: int, bad: dict[str, float], checkpoint: str | None, option: str) -> str:
     """The error of a run stopped at `step`: which terms, where the last good checkpoint is, and
-    what to do."""
-    kept = (f"the last good checkpoint (step {checkpoint}) is kept" if checkpoint
-            else "no checkpoint was written before it (see save_every)")
-    return (f"{loop} stopped at step {step}: non-finite {describe(bad)}; {kept}. Lower the learning rate, or set "
-            f"{option}=skip to drop such steps (logged)")
+    what can be done, each way one that works: a resume may change `option` (`core.resume.
+    RESUME_MUTABLE`) but not the learning rate, which needs a fresh start."""
+    section = option.split(".")[0]
+    if checkpoint:
+        return (f"{loop} stopped at step {step}: non-finite {describe(bad)}; the last good checkpoint (step "
+                f"{checkpoint}) is kept. To go on from it, rerun the same command with --resume --set {option}=skip "
+                f"(steps with a non-finite value are then dropped and logged); to lower {section}.lr instead, start "
+                "over with --overwrite (a resume keeps every other setting)")
+    return (f"{loop} stopped at step {step}: non-finite {describe(bad)}; no checkpoint was written before it (see "
+            f"{section}.save_every). Rerun with a lower {section}.lr, or with --set {option}=skip to drop such steps "
+            "(logged)")
 
 
 def check_weights(model: torch.nn.Module, step: int, loop: str, checkpoint: str | None, option: str) -> None:

@@ -8,7 +8,9 @@ Rules every command follows through this module:
 - A destination that is, contains or lies inside one of the command's inputs is always refused.
 - A temporary folder left by a killed run is removed at the next run when its owner process is
   gone, and reported when it is still alive.
-- Files and folders follow the user's umask (mkstemp/mkdtemp alone would make them owner-only).
+- Files and folders follow the user's umask (mkstemp/mkdtemp alone would make them owner-only, and
+  safetensors writes 0600): every atomic folder and run folder is set so before it is renamed
+  into place (`follow_umask_tree`).
 
 Run commands that can resume (pretrain, train, reproduce) work instead in the visible sibling
 `OUT.partial` (`plan_run`, `resumable_run`): renamed to `OUT` on success; on failure kept when it
@@ -55,6 +57,21 @@ def _follow_umask(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def follow_umask_tree(root: str | Path) -> None:
+    """`root` and everything under it get the modes the umask gives a new file or folder: some
+    writers choose their own (safetensors writes 0600, mkstemp/mkdtemp are owner-only), and a
+    colleague must be able to read shared results. Links are left alone (a chmod follows them)."""
+    root = Path(root)
+    if root.is_symlink():
+        return
+    _follow_umask(root, directory=root.is_dir())
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                _follow_umask(path, directory=name in dirs)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -91,12 +108,45 @@ def _clean_stale(out: Path) -> None:
                   "or unknown); left alone", file=sys.stderr)
 
 
+def _work_name_extra(name: str) -> int:
+    """Bytes the longest name this module makes from an output's `name` adds to it: its hidden
+    temporary (`.NAME.tmp-XXXXXXXX`, `.NAME.XXXXXXXXSUFFIX`) or its work folder (`NAME.partial`)."""
+    return max(len(".") + len(".tmp-") + 8, 2 + 8 + len(os.fsencode(Path(name).suffix)), len(PARTIAL_SUFFIX))
+
+
+def check_name_lengths(out: Path, existing: Path) -> None:
+    """Refuse an output path with a name the file system cannot hold (with the temporary names made
+    from it), before anything is created. `existing`: its nearest existing folder."""
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    new_parts = out.relative_to(existing).parts
+    for i, part in enumerate(new_parts):
+        size, extra = len(os.fsencode(part)), (_work_name_extra(part) if i == len(new_parts) - 1 else 0)
+        if size + extra > limit:
+            shown = part if len(part) <= 40 else f"{part[:30]}...{part[-6:]}"
+            why = f"the file system's {limit}, less {extra} for mitigate's work names" if extra else "the file system's"
+            raise OutputError(f"output name '{shown}' is too long: {size} bytes, and here a name may have at most "
+                              f"{limit - extra} ({why}); pick a shorter --out")
+
+
+def _exists(path: Path) -> bool:
+    """`path.exists()`, False for a name the file system cannot even look up (too long)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def check_writable(out: str | Path) -> None:
-    """Refuse an output under a file, or whose nearest existing folder cannot be written (checked by
-    creating and removing a probe file, so read-only mounts are caught too)."""
+    """Refuse an output under a file, with a name too long for the file system, or whose nearest
+    existing folder cannot be written (checked by creating and removing a probe file, so read-only
+    mounts are caught too)."""
     out = Path(out).absolute()
     for parent in out.parents:
-        if parent.exists():
+        if _exists(parent):
+            check_name_lengths(out, parent)
             if not parent.is_dir():
                 raise OutputError(f"output '{out}' lies under '{parent}', which is a file, not a folder")
             try:
@@ -114,11 +164,11 @@ def check_output_file(out: str | Path, overwrite: bool = False, inputs: Iterable
     any work: not an input, not a folder, not an existing file unless `overwrite`, writable."""
     out = Path(out)
     check_not_input(out, inputs)
+    check_writable(out)
     if out.exists() and (out.is_dir() or not overwrite):
         kind = "a folder" if out.is_dir() else "a file"
         raise OutputError(f"output '{out}' already exists ({kind}); pass --overwrite to replace a file, "
                           "or pick another path")
-    check_writable(out)
     return out
 
 
@@ -151,7 +201,7 @@ def run_folder(out: str | Path, overwrite: bool = False, inputs: Iterable = ()) 
         yield tmp
         (tmp / ".owner").unlink()
         (tmp / MARKER).write_text("written by mitigate; `--overwrite` may replace this folder\n")
-        _follow_umask(tmp / MARKER, directory=False)
+        follow_umask_tree(tmp)
         if out.exists():  # checked above: empty, or ours and overwrite was asked for
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -280,11 +330,11 @@ def resumable_run(plan: RunPlan) -> Iterator[Path]:
     (work / OWNER).write_text(f"{os.getpid()} {platform.node()}")
     try:
         yield work
-    except BaseException:
+    except BaseException as e:
         (work / OWNER).unlink(missing_ok=True)
         if created and not resumable_content(work):
             shutil.rmtree(work, ignore_errors=True)
-        else:
+        elif not getattr(e, "gives_resume_advice", False):  # an error that says itself how to go on
             print(f"mitigate: the unfinished run is kept in '{work}'; run the same command with --resume to "
                   "continue it", file=sys.stderr)
         raise
@@ -293,7 +343,7 @@ def resumable_run(plan: RunPlan) -> Iterator[Path]:
     for name in (OWNER, PARTIAL_MARKER):
         (work / name).unlink(missing_ok=True)
     (work / MARKER).write_text("written by mitigate; `--overwrite` may replace this folder\n")
-    _follow_umask(work / MARKER, directory=False)
+    follow_umask_tree(work)
     if out.exists():  # checked by plan_run: empty, or ours and overwrite was asked for
         shutil.rmtree(out)
     os.replace(work, out)
@@ -322,9 +372,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    _follow_umask(tmp, directory=True)
     try:
         yield tmp
+        follow_umask_tree(tmp)  # the writers inside (safetensors) pick their own modes
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -339,7 +389,36 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON (RFC 8259): a number that is not finite (NaN, an infinity) is written as `null`,
+    since the bare `NaN` of `json.dumps` is rejected by strict parsers; `nan_for_null` reads it back."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(null_for_nonfinite(obj), indent=2, sort_keys=False, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def null_for_nonfinite(obj):
+    """`obj` with every non-finite float replaced by None (JSON null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: null_for_nonfinite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [null_for_nonfinite(v) for v in obj]
+    return obj
+
+
+def nan_for_null(obj):
+    """`obj` with every None read back as NaN: for trees of numbers that `write_json` wrote (metric
+    rows, summaries), where null stands for a number that was not finite."""
+    if obj is None:
+        return float("nan")
+    if isinstance(obj, dict):
+        return {k: nan_for_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nan_for_null(v) for v in obj]
+    return obj
 
 
 def versions() -> dict:

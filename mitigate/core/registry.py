@@ -23,6 +23,19 @@ class UnknownName(ConfigError):
     """A name that nothing registered; the message lists the registered names."""
 
 
+class DuplicateName(ConfigError):
+    """A name registered by two different targets (a plugin must pick another name)."""
+
+
+def plugin_hint(e: Exception) -> str:
+    """What to add to an error about a recorded run or checkpoint when the cause is an unknown
+    registered name: the run was most likely made with a plugin that this command did not import."""
+    if isinstance(e, UnknownName):
+        return (". The run was probably made with a plugin: pass the same --import MODULE_OR_FILE that registered "
+                "it")
+    return ""
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -45,7 +58,7 @@ class Registry:
         def deco(target):
             old = self._entries.get(name)
             if old is not None and _origin(old.target) != _origin(target):  # re-importing one module is fine
-                raise ValueError(f"{self.kind} '{name}' is already registered by {_origin(old.target)}; "
+                raise DuplicateName(f"{self.kind} '{name}' is already registered by {_origin(old.target)}; "
                                  f"{_origin(target)} must pick another name")
             self._entries[name] = Entry(name, target, config)
             return target

@@ -37,7 +37,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from mitigate.core.io import CHECKPOINTS, InputError, check_safetensors, read_json, sha256_file, write_json
+from mitigate.core.io import (
+    CHECKPOINTS,
+    InputError,
+    check_safetensors,
+    follow_umask_tree,
+    read_json,
+    sha256_file,
+    write_json,
+)
 
 FORMAT = 1
 # keys that may change on resume: they change nothing up to the resume point
@@ -72,18 +80,29 @@ def differences(old, new, path: str = "") -> list[str]:
     return []
 
 
+# Identity entries that are digests of something else: a change is said in words (the setting
+# behind it is named by the config's own difference), not as two raw hashes.
+DIGESTS = {"prompt_order": "the prompt order changed (it follows from train.steps, train.prompts_per_step, the "
+                           "training prompts and the seed)",
+           "init": "the input checkpoint changed (its files' sha256 differ from those the run started from: {keys})"}
+
+
 def check_same_run(record: dict, expected: dict, where: Path) -> None:
     """Refuse a resume whose checkpoint `record` was not made by this very run: every key of
-    `expected` must match (`config` up to `RESUME_MUTABLE`)."""
+    `expected` must match (`config` up to `RESUME_MUTABLE`). The message names each differing
+    setting; a digest that differs (`DIGESTS`) is described, its hashes left out."""
     problems = []
-    for key, want in expected.items():
+    for key, want in sorted(expected.items(), key=lambda kv: kv[0] != "config"):  # the settings first
         if key not in record:
             problems.append(f"the checkpoint records no '{key}'")
             continue
-        diff = differences(record[key], want)
+        diff = [d.removeprefix(f"{key}.") for d in differences(record[key], want, key)]  # a leaf: 'key: a -> b'
         if key == "config":
             diff = [d for d in diff if d.split(":")[0] not in RESUME_MUTABLE]
-        if diff:
+        if diff and key in DIGESTS:
+            changed = sorted({d.split(":")[0] for d in diff})
+            problems.append(DIGESTS[key].format(keys=", ".join(changed)))
+        elif diff:
             shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
             problems.append(f"{key} changed ({shown})")
     if problems:
@@ -267,6 +286,7 @@ class Checkpoints:
             files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
             write_json(staging / "state.json", {"format": FORMAT, "step": step, "world": self.world,
                                                 "modules": sorted(modules), **record, "files": files})
+            follow_umask_tree(staging)  # safetensors writes 0600: a colleague may resume or evaluate it
             if final.exists():  # the same step written again (a resumed run that reached it twice)
                 shutil.rmtree(final)
             os.replace(staging, final)

@@ -34,7 +34,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from mitigate.core.io import InputError, check_safetensors, read_json
-from mitigate.core.registry import Registry
+from mitigate.core.registry import Registry, UnknownName, plugin_hint
 from mitigate.ops import divergence_with, gather_tokens, log_mixture, token_divergence, token_entropy
 
 POLICIES = Registry("policy")
@@ -287,14 +287,33 @@ def load_policy(path: str | Path, device="cpu"):
     meta = checkpoint_meta(ckpt)
     check_checkpoint_files(ckpt)
     name = meta.get("policy", "tiny_gpt")  # checkpoints written before the registry existed
-    target = POLICIES.get(name, f"{ckpt / META_FILE}: policy").target
     try:
-        return target.load(ckpt, device), meta
+        target = POLICIES.get(name, f"{ckpt / META_FILE}: policy").target
+    except UnknownName as e:
+        raise CheckpointError(f"{e}{plugin_hint(e)}") from e
+    try:
+        policy = target.load(ckpt, device)
     except CheckpointError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"could not load the {name} checkpoint '{ckpt}': {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    check_finite_weights(policy, ckpt)
+    return policy, meta
+
+
+def check_finite_weights(policy, ckpt: Path) -> None:
+    """Refuse weights that hold NaN or infinity (a well-formed file of a diverged or damaged run):
+    sampling from them fails deep in torch, and training from them cannot recover."""
+    module = getattr(policy, "model", None)
+    if not isinstance(module, torch.nn.Module):
+        return
+    named = list(module.named_parameters())
+    bad = [n for n, p in named if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise CheckpointError(f"the weights in '{ckpt}' are not finite: {len(bad)} of {len(named)} tensors hold NaN "
+                              f"or infinity ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the checkpoint "
+                              "comes from a diverged run or is damaged, so use another one")
 
 
 def build_policy(model_cfg, task):

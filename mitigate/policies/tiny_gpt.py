@@ -37,9 +37,9 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", META_FILE)
 @dataclass
 class TinyGPTConfig(Section):
     name: str = opt("tiny_gpt", "registered policy name")
-    n_embd: int = opt(128, "width of the GPT-2 style transformer", min=8)
-    n_layer: int = opt(3, "number of transformer blocks", min=1)
-    n_head: int = opt(4, "attention heads per block", min=1)
+    n_embd: int = opt(128, "width of the GPT-2 style transformer", min=8, max=8192)  # maxima: typos, not models
+    n_layer: int = opt(3, "number of transformer blocks", min=1, max=256)
+    n_head: int = opt(4, "attention heads per block", min=1, max=256)
     dropout: float = opt(0.0, "dropout during pretraining (teachers always run with dropout off)",
                          min=0.0, max=0.9)
 

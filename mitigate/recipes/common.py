@@ -18,6 +18,7 @@ import yaml
 from mitigate import config as C
 from mitigate import plugins
 from mitigate.core.io import InputError, read_json, sha256_file, write_json
+from mitigate.core.registry import plugin_hint
 from mitigate.core.resume import RESUME_MUTABLE, ResumeError, differences
 
 # One torch thread per training run, in this process or a worker: a run's numbers then do not
@@ -97,6 +98,42 @@ def same_task(checkpoint_task: dict | None, cfg: C.Config) -> bool:
     if checkpoint_task is None:
         return False
     return {"name": "graph", **checkpoint_task} == C.to_dict(cfg.task)
+
+
+# The config sections a checkpoint decides: its task (prompts, vocabulary) and its model (name,
+# shape, and every policy setting, which `load` takes from the checkpoint's record).
+CHECKPOINT_SECTIONS = ("task", "model")
+
+
+def checkpoint_settings(meta: dict) -> dict:
+    """The sections a checkpoint decides, as its record (`checkpoint_record`) holds them, with the
+    current defaults filled in (a record from before a field existed, or before the task registry:
+    a graph task)."""
+    recorded = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    task = {"name": "graph", **(meta.get("task") or recorded.get("task") or {})}
+    out = {"task": task}
+    if isinstance(recorded.get("model"), dict):
+        out["model"] = recorded["model"]
+    try:
+        built = C.build(C.Config, {**out, "preset": recorded.get("preset", "default")})
+    except C.ConfigError as e:
+        raise C.ConfigError(f"the checkpoint records settings this version cannot build: {e}"
+                            + plugin_hint(e)) from e
+    return {k: C.to_dict(getattr(built, k)) for k in out}
+
+
+def check_decided_by_checkpoint(meta: dict, cfg: C.Config, ckpt) -> None:
+    """Refuse a config whose task or model differs from the checkpoint's: the run would use the
+    checkpoint's and record the config's, a record that does not match what ran. The message
+    names every differing key."""
+    recorded = checkpoint_settings(meta)
+    diff = [f"{section}.{d}" for section in recorded
+            for d in differences(recorded[section], C.to_dict(getattr(cfg, section)))]
+    if diff:
+        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise C.ConfigError(f"the config would change the task or model that the checkpoint '{ckpt}' decides "
+                            f"({shown}): a model keeps its own task and architecture, so drop these task.* / model.* "
+                            "overrides (another model needs its own base: `mitigate pretrain`)")
 
 
 def config_differences(saved: dict, cfg: C.Config) -> list[str]:

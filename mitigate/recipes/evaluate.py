@@ -18,13 +18,14 @@ import torch
 
 from mitigate import config as C
 from mitigate.core.fields import ConfigError
-from mitigate.core.io import check_output_file, write_json
-from mitigate.core.resume import differences
+from mitigate.core.io import check_output_file, nan_for_null, write_json
+from mitigate.core.registry import plugin_hint
 from mitigate.core.seeding import device_for, torch_stream
 from mitigate.metrics import ci_tree, ks_up_to, mean_metrics, prompt_metrics
 from mitigate.metrics.ratio import RATIO_KEYS, pcmi_bar, ratio_stats
 from mitigate.metrics.semantic import answer_diversity, make_embedder
 from mitigate.policies import CheckpointError, checkpoint_meta, load_policy, resolve_checkpoint
+from mitigate.recipes.common import check_decided_by_checkpoint
 from mitigate.rollout import generate
 from mitigate.tasks import make_task
 
@@ -197,8 +198,9 @@ def eval_record(rows: dict[str, list[dict]], eval_cfg) -> dict:
 
 
 def rows_from_record(record: dict) -> dict[str, list[dict]]:
-    """The per-prompt rows of an eval JSON, keyed like `evaluate_rows`."""
-    return {"id": record["per_prompt"]["id"], **record["per_prompt"]["ood"]}
+    """The per-prompt rows of an eval JSON, keyed like `evaluate_rows` (a null, a number that was
+    not finite, read back as NaN)."""
+    return nan_for_null({"id": record["per_prompt"]["id"], **record["per_prompt"]["ood"]})
 
 
 @torch.no_grad()
@@ -261,15 +263,12 @@ def evaluate_checkpoint(ckpt, out: str | Path | None = None, overrides=(), seed:
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"checkpoint record '{folder}/mitigate.json' holds no resolved config to evaluate with")
     try:
-        own = C.from_dict(meta["config"])
+        C.from_dict(meta["config"])
     except C.ConfigError as e:
-        raise CheckpointError(f"checkpoint '{folder}' records a config this version cannot use: {e}") from e
+        raise CheckpointError(f"checkpoint '{folder}' records a config this version cannot use: {e}"
+                              f"{plugin_hint(e)}") from e
     cfg = C.from_dict(meta["config"], list(overrides))
-    diff = differences(C.to_dict(own.task), C.to_dict(cfg.task))
-    if diff:
-        raise C.ConfigError(f"the overrides change the task the checkpoint '{folder}' was trained on "
-                            f"(task.{'; task.'.join(diff)}); a model is evaluated on its own task: drop the task.* "
-                            "overrides")
+    check_decided_by_checkpoint(meta, cfg, folder)  # a model is evaluated on its own task, as it is
     task = make_task(cfg.task)
     text_diversity(task, cfg.eval)  # a bad embedder setting fails before the model loads
     policy, meta = load_policy(folder, device_for(cfg.device))

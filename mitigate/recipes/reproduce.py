@@ -31,13 +31,13 @@ from mitigate.objectives import OBJECTIVES
 from mitigate.policies import load_policy, resolve_checkpoint
 from mitigate.recipes.common import (
     cell_threads,
+    check_decided_by_checkpoint,
     check_same_config,
     default_jobs,
     finished_run,
     note_resume,
     run_in_pool,
     run_record,
-    same_task,
 )
 from mitigate.recipes.evaluate import (
     demonstration_bias,
@@ -62,8 +62,7 @@ def method_config(cfg: C.Config, method: str) -> C.Config:
     entry = cfg.reproduce.method_configs.get(method)
     if entry is None:
         if method not in OBJECTIVES:
-            allowed = ["base", *OBJECTIVES.names(), *cfg.reproduce.method_configs]
-            raise C.ConfigError(f"unknown method '{method}' in reproduce.methods; allowed: {', '.join(allowed)}")
+            raise C.ConfigError(f"unknown method '{method}' in reproduce.methods; allowed: {allowed_methods(cfg)}")
         entry = {"train.objective": {"name": method}}
     if not isinstance(entry, dict):
         raise C.ConfigError(f"reproduce.method_configs.{method} must be a mapping of overrides, got {entry!r}")
@@ -81,6 +80,12 @@ def objective_record(section) -> dict:
         if field is not None and name in record and record[name] == field.default:
             del record[name]
     return record
+
+
+def allowed_methods(cfg: C.Config) -> str:
+    """The names reproduce.methods may use, each once: base, the registered objectives, and the
+    entries of reproduce.method_configs (which may reuse an objective's name)."""
+    return ", ".join(dict.fromkeys(["base", *OBJECTIVES.names(), *sorted(cfg.reproduce.method_configs)]))
 
 
 def budget(cfg: C.Config, method_cfgs: dict) -> dict:
@@ -152,8 +157,8 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
     if base is not None:
         base_ckpt = resolve_checkpoint(base)
         base_policy, meta = load_policy(base_ckpt, device)
-        if not same_task(meta.get("task"), cfg):
-            raise C.ConfigError(f"--base '{base}' was pretrained on other task parameters than this config's")
+        for c in [cfg, *method_cfgs.values()]:  # every run records the base's task and model as its own
+            check_decided_by_checkpoint(meta, c, base)
     t0 = time.time()
     with resumable_run(plan) as tmp:
         identity = {"base": str(base) if base else None, "versions": versions()}
@@ -282,9 +287,9 @@ def _cell_job(*args) -> str:
 def check_methods(cfg: C.Config) -> None:
     """The comparison's lists, checked before any work: at least one method, and seeds for the
     trained ones."""
-    allowed = ", ".join(["base", *OBJECTIVES.names(), *cfg.reproduce.method_configs])
     if not cfg.reproduce.methods:
-        raise C.ConfigError(f"reproduce.methods is empty: name at least one method to compare; allowed: {allowed}")
+        raise C.ConfigError("reproduce.methods is empty: name at least one method to compare; allowed: "
+                            f"{allowed_methods(cfg)}")
     duplicated = sorted({m for m in cfg.reproduce.methods if cfg.reproduce.methods.count(m) > 1})
     if duplicated:
         raise C.ConfigError(f"reproduce.methods names {', '.join(map(str, duplicated))} more than once")

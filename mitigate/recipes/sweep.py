@@ -32,14 +32,22 @@ from tqdm.auto import tqdm
 
 from mitigate import config as C
 from mitigate.budget import Budget
-from mitigate.core.io import MARKER, OutputError, check_not_input, check_output, write_json, write_text
+from mitigate.core.io import (
+    MARKER,
+    OutputError,
+    check_not_input,
+    check_output,
+    check_writable,
+    write_json,
+    write_text,
+)
 from mitigate.core.resume import fault_point
 from mitigate.core.seeding import device_for
 from mitigate.core.tracking import parse_report_to
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import summarize
-from mitigate.policies import load_policy, resolve_checkpoint
-from mitigate.recipes.common import cell_threads, default_jobs, run_in_pool, same_task
+from mitigate.policies import checkpoint_meta, load_policy, resolve_checkpoint
+from mitigate.recipes.common import cell_threads, check_decided_by_checkpoint, default_jobs, run_in_pool
 from mitigate.recipes.evaluate import rows_from_record
 from mitigate.recipes.pretrain import pretrain
 from mitigate.recipes.reproduce import budget, evaluate_and_record, mean_budget, method_config
@@ -142,9 +150,9 @@ class Sweep:
         self.base_given = base is not None
         if base is not None:
             self.base_ckpt = resolve_checkpoint(base)
-            meta = json.loads((self.base_ckpt / "mitigate.json").read_text())
-            if not same_task(meta.get("task"), cfg):
-                raise C.ConfigError(f"--base '{base}' was pretrained on other task parameters than this config's")
+            meta = checkpoint_meta(self.base_ckpt)
+            for c in [cfg, *self.method_cfgs.values()]:  # every cell records the base's task and model as its own
+                check_decided_by_checkpoint(meta, c, base)
         else:
             self.base_ckpt = self.out / BASE / "checkpoint"
         self.base_arg = str(base) if base is not None else None
@@ -162,6 +170,9 @@ class Sweep:
         Stale cells are an error unless `overwrite`."""
         out = self.out
         check_not_input(out, [self.base_arg] if self.base_arg else [])
+        check_writable(out)  # under a file, a name too long, or not writable
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"output '{out}' exists and is a file, not a sweep folder; pick another --out")
         if not out.exists() or not any(out.iterdir()):
             check_output(out)  # a file, or not writable
             return list(self.cells)

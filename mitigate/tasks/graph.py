@@ -37,12 +37,13 @@ _f = opt
 class GraphParams(Section):
     name: str = _f("graph", "registered task name")
     seed: int = _f(0, "task seed: fixes graph, splits and pretraining data (not the training seed)", min=0)
-    n_start: int = _f(32, "nodes in the start layer", min=2)
-    n_goal: int = _f(32, "nodes in the goal layer", min=2)
-    n_concepts: int = _f(8, "communities (concepts, strategies) between start and goal layers", min=2)
-    n_entry: int = _f(2, "entry nodes per community", min=1)
-    n_mid: int = _f(3, "middle nodes per community", min=1)
-    n_exit: int = _f(2, "exit nodes per community", min=1)
+    # the maxima bound the vocabulary and the pair tables (memory), far above any graph studied here
+    n_start: int = _f(32, "nodes in the start layer", min=2, max=4096)
+    n_goal: int = _f(32, "nodes in the goal layer", min=2, max=4096)
+    n_concepts: int = _f(8, "communities (concepts, strategies) between start and goal layers", min=2, max=1024)
+    n_entry: int = _f(2, "entry nodes per community", min=1, max=256)
+    n_mid: int = _f(3, "middle nodes per community", min=1, max=256)
+    n_exit: int = _f(2, "exit nodes per community", min=1, max=256)
     p_start_link: float = _f(0.8, "probability that a start node links into a community", min=0.0, max=1.0)
     p_goal_link: float = _f(0.6, "probability that a goal node is reachable from a community", min=0.0, max=1.0)
     p_internal: float = _f(0.5, "density of entry->middle and middle->exit edges", min=0.0, max=1.0)
@@ -55,8 +56,8 @@ class GraphParams(Section):
     id_val_fraction: float = _f(0.2, "share of held-out pairs used for validation (model selection)",
                                 min=0.0, max=0.9)
     id_test_fraction: float = _f(0.4, "share of held-out pairs used for ID evaluation", min=0.05, max=0.9)
-    max_path_len: int = _f(6, "longest rollout (in nodes) the verifier accepts", min=5)
-    pretrain_pool: int = _f(200_000, "pretraining sequences generated once and sampled from", min=100)
+    max_path_len: int = _f(6, "longest rollout (in nodes) the verifier accepts", min=5, max=1024)
+    pretrain_pool: int = _f(200_000, "pretraining sequences generated once and sampled from", min=100, max=10**8)
     rare_in_id: float = _f(0.0, "share of the rare-only pairs (every feasible concept rare), drawn from the task "
                                 "seed, that join the ID splits (id_train, id_val, id_test by their fractions) "
                                 "instead of the rare_only OOD split (0: none, the rare tail is OOD only)",

@@ -90,7 +90,7 @@ class SciQAParams(Section):
     system_prompt: str = opt("", "system turn of both prompts (empty: none)")
     use_chat_template: bool = opt(True, "wrap the user turn in the tokenizer's chat template (false: plain text)")
     stop_tokens: list = opt(STOP_TOKENS, "tokens that end a completion for the verifier (those in the vocabulary)")
-    max_new_tokens: int = opt(256, "longest completion sampled", min=1)
+    max_new_tokens: int = opt(256, "longest completion sampled", min=1, max=2**17)
     feature_buckets: int = opt(256, "hashed bag-of-tokens size in rollout_features (the ot regularizer's cost)",
                                min=8)
     warmup_answers: list = opt(WARMUP_ANSWERS, "answers `pretrain` (steps > 0) teaches after each id_train prompt: "
