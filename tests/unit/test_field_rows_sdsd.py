@@ -412,3 +412,19 @@ def test_rule_laws_match_the_theory(rule):
         f = float((outputs == z).mean())
         assert abs(f - law[z]) < 5 * math.sqrt(max(law[z] * (1 - law[z]), 1e-4) / reps)
     assert np.abs(law - th._demo_law("uniform", np.where(C_, pi, 0) / c, pi, pk, C_)).max() > 0.01
+
+
+def test_paper_preset_defines_the_rows():
+    """paper.yaml names each SDSD-side row under reproduce.method_configs (not in `methods`: the
+    main job's wall time), each resolving to a valid config; the frozen base teacher is its own row."""
+    from mitigate.recipes.reproduce import method_config
+
+    cfg = C.load(preset="paper")
+    rows = {"sdsd_base_teacher", "sdsd_first", "sdsd_distinct", "sdsd_least_likely", "sdsd_buffer",
+            "sdsd_other_prompt", "sdsd_forward_kl", "sdsd_jsd", "sdsd_forward_kl_top20", "sdsd_interp"}
+    assert rows <= set(cfg.reproduce.method_configs) and not rows & set(cfg.reproduce.methods)
+    objectives = {m: method_config(cfg, m).train.objective for m in rows}
+    assert objectives["sdsd_base_teacher"].teacher == "base" and objectives["sdsd_base_teacher"].name == "sdsd"
+    others = set(D.DEMO_RULES) - {"uniform"}
+    assert {objectives[f"sdsd_{r}"].demo_rule for r in others} == others
+    assert objectives["sdsd_interp"].name == "sdsd_interp" and objectives["sdsd_forward_kl_top20"].divergence_topk == 20
