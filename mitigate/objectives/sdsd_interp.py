@@ -16,8 +16,9 @@ tilt uniformly, including on correct outputs, where `sdsd_cmi` removes it; a CMI
 this row at the same shrinkage does more than weaken the teacher. The exact field is
 `mitigate.theory.objective_field("sdsd_interp", ..., lam=...)`, checked against this function in
 tests/unit/test_field_rows_sdsd.py. Every `SDSDConfig` option (teacher weights, demo_rule,
-divergence, top-k) applies; the teacher needs a policy whose `Scores` have a geometric mixture
-(`FullScores`: tiny_gpt), not yet the `hf` policy's `HiddenScores`.
+divergence, top-k) applies; the teacher is a geometric mixture of two `Scores`
+(`policies.base.geometric_mixture`: `FullScores` for tiny_gpt, `chunked.GeometricTarget` for the hf
+policy, never [B, T, V]).
 """
 
 from __future__ import annotations

@@ -186,7 +186,8 @@ def mixture(targets: list[Scores], log_weights: torch.Tensor) -> Scores:
 
 def geometric_mixture(targets: list[Scores], weights: list[float]) -> Scores:
     """The renormalised geometric mixture softmax(sum_m w_m log p_m) of M stop-gradient targets on the
-    same completions (`type(targets[0]).geometric`; `FullScores` has it, `HiddenScores` not yet)."""
+    same completions (`type(targets[0]).geometric`: `FullScores`, and `HiddenScores`, whose
+    `GeometricTarget` computes it per chunk)."""
     geometric = getattr(type(targets[0]), "geometric", None)
     if geometric is None:
         raise NotImplementedError(f"{type(targets[0]).__name__} has no geometric mixture (sdsd_interp's teacher); "

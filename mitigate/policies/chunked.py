@@ -296,22 +296,36 @@ def chunked_divergence_with(student_hidden: torch.Tensor, teacher_hidden: torch.
     with a tail bucket) per position [N], in chunks: the teacher's log-probs are recomputed per chunk
     and the gradient with respect to the logits comes from autograd on each chunk (no closed form;
     about twice the [C, V] buffers of `chunked_divergence`). Values equal those of the full tensors."""
+    teacher_weight = teacher_weight.detach()
+    teacher_bias = None if teacher_bias is None else teacher_bias.detach()
+    hidden = teacher_hidden.detach()
+    log_w = None if teacher_log_weights is None else teacher_log_weights.detach()
+
+    def teacher(idx):
+        return teacher_log_softmax(hidden[idx], teacher_weight, teacher_bias, None if log_w is None else log_w[idx])
+
+    return chunked_divergence_to(student_hidden, student_weight, teacher, kind, alpha, topk, topk_of, chunk_size,
+                                 student_bias)
+
+
+def chunked_divergence_to(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher, kind: str,
+                          alpha: float = 0.5, topk: int = 0, topk_of: str = "teacher", chunk_size: int = 256,
+                          student_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`ops.divergence_with` per position [N] to any target given as `teacher(idx) -> [C, V]` log-probs
+    of the positions idx (a LongTensor), in chunks, with autograd's gradient per chunk."""
     if kind not in DISTILL_DIVERGENCES:
         raise ValueError(f"unknown divergence '{kind}'; allowed: {', '.join(DISTILL_DIVERGENCES)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    teacher_weight = teacher_weight.detach()
-    teacher_bias = None if teacher_bias is None else teacher_bias.detach()
-    targets = (teacher_hidden.detach(),) if teacher_log_weights is None else (
-        teacher_hidden.detach(), teacher_log_weights.detach())
 
-    def values(logits, *target):
+    def values(logits, idx):
         with torch.no_grad():
-            teacher = teacher_log_softmax(target[0], teacher_weight, teacher_bias, *target[1:])
-        return divergence_with(torch.log_softmax(logits.float(), -1), teacher, kind, alpha, topk, topk_of)
+            target = teacher(idx)
+        return divergence_with(torch.log_softmax(logits.float(), -1), target, kind, alpha, topk, topk_of)
 
+    index = torch.arange(len(student_hidden), device=student_hidden.device)
     return _ChunkedFromLogits.apply(student_hidden, student_weight, student_bias, values, autograd_logits_grad(values),
-                                    chunk_size, *targets)
+                                    chunk_size, index)
 
 
 # ----------------------------------------------------------------------------- the Scores interface
@@ -373,7 +387,17 @@ class HiddenScores:
                    topk_of: str = "teacher") -> torch.Tensor:
         """Per-token divergence to `target` (same completions and mask) with this policy's
         `approximation` (exact "full", or "topk_tail"). `alpha` (kind "gjsd") and `topk` > 0 (top-k of
-        `topk_of`'s distribution plus a tail bucket) go through `chunked_divergence_with`."""
+        `topk_of`'s distribution plus a tail bucket) go through `chunked_divergence_with`; a
+        `GeometricTarget` through `chunked_divergence_to`."""
+        if isinstance(target, GeometricTarget):
+            if self.log_weights is not None:
+                raise ValueError("a mixture is a target only")
+            if not torch.equal(self.keep, target.keep):
+                raise ValueError("student and target scores must cover the same completion positions (same mask)")
+            if not topk and self.approximation == "topk_tail":
+                topk, topk_of = self.topk, "teacher"
+            return self._scatter(chunked_divergence_to(self._rows(), self.weight, target.row_logprobs, kind, alpha,
+                                                       topk, topk_of, self.chunk_size, self.bias))
         if not isinstance(target, HiddenScores):
             raise TypeError(f"HiddenScores.divergence needs HiddenScores as its target, got {type(target).__name__}")
         if self.log_weights is not None:
@@ -404,6 +428,12 @@ class HiddenScores:
                             self.chunk_size, self.approximation, self.topk)
 
     @classmethod
+    def geometric(cls, targets: list[HiddenScores], coefs: list[float]) -> GeometricTarget:
+        """softmax(sum_m c_m log p_m) of M no-grad targets (weights may differ: a live teacher's copy and
+        the frozen reference): `GeometricTarget`."""
+        return GeometricTarget(targets, coefs)
+
+    @classmethod
     def mixture(cls, targets: list[HiddenScores], log_weights: torch.Tensor) -> HiddenScores:
         """The mixture of M no-grad targets of one set of weights; log-weights [M, B, T]."""
         first = targets[0]
@@ -412,3 +442,53 @@ class HiddenScores:
             raise ValueError("a mixture needs plain targets of the same weights on the same completion positions")
         return cls(torch.stack([t.hidden.detach() for t in targets]), first.keep, first.tokens, first.weight,
                    first.bias, first.chunk_size, first.approximation, first.topk, log_weights.detach())
+
+
+class GeometricTarget:
+    """A stop-gradient target whose log-probs are softmax(sum_m c_m log p_m) of M plain `HiddenScores`
+    targets on the same completion positions, each with its own projection (`sdsd_interp`: the
+    demonstration teacher and the frozen base). Since log p_m = z_m - logsumexp(z_m), this is
+    softmax(sum_m c_m z_m) with z_m = W_m h_m + b_m: computed per chunk of positions, never [B, T, V]
+    except by `materialise`. A target only: `divergence` is the student's (`HiddenScores.divergence`)."""
+
+    def __init__(self, targets: list[HiddenScores], coefs: list[float]):
+        first = targets[0]
+        if len(targets) != len(coefs) or any(t.log_weights is not None or not torch.equal(t.keep, first.keep)
+                                             for t in targets):
+            raise ValueError("a geometric target needs plain targets on the same completion positions, one "
+                             "coefficient each")
+        self.targets, self.coefs = targets, [float(c) for c in coefs]
+        self.keep, self.tokens, self.chunk_size = first.keep, first.tokens, first.chunk_size
+        self._hidden = [t.hidden.detach()[t.keep] for t in targets]  # [N, H] each: the masked positions
+
+    def row_logprobs(self, idx: torch.Tensor) -> torch.Tensor:
+        """[C, V] log-probs at the masked positions idx (no grad)."""
+        with torch.no_grad():
+            z = sum(c * F.linear(h[idx].to(t.weight.dtype), t.weight.detach(),
+                                 None if t.bias is None else t.bias.detach()).float()
+                    for c, h, t in zip(self.coefs, self._hidden, self.targets))
+            return torch.log_softmax(z, -1)
+
+    def _per_row(self, fn) -> torch.Tensor:
+        n = len(self._hidden[0])
+        parts = [fn(self.row_logprobs(torch.arange(lo, min(lo + self.chunk_size, n), device=self.keep.device)), lo)
+                 for lo in range(0, n, self.chunk_size)]
+        values = torch.cat(parts) if parts else torch.zeros(0)
+        out = torch.zeros(self.keep.shape, dtype=values.dtype, device=values.device)
+        return out.masked_scatter(self.keep, values)
+
+    def token_logprobs(self) -> torch.Tensor:
+        ids = self.tokens[self.keep]
+        return self._per_row(lambda lp, lo: lp.gather(-1, ids[lo:lo + len(lp), None])[:, 0])
+
+    def entropy(self) -> torch.Tensor:
+        return self._per_row(lambda lp, lo: token_entropy(lp))
+
+    def divergence(self, target, kind: str = "reverse_kl", **options) -> torch.Tensor:
+        raise ValueError("a geometric target is a target only")
+
+    def materialise(self) -> torch.Tensor:
+        z = sum(c * F.linear(t.hidden.detach().to(t.weight.dtype), t.weight.detach(),
+                             None if t.bias is None else t.bias.detach()).float()
+                for c, t in zip(self.coefs, self.targets))
+        return torch.log_softmax(z, -1)

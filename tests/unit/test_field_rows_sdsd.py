@@ -449,3 +449,34 @@ def test_rows_train_end_to_end(smoke_base, tmp_path):
         run = train(cfg, smoke_base, tmp_path / f"row{i}", quiet=True)
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
         assert last["step"] == 2 and np.isfinite(last["loss"]), (name, fields)
+
+
+def test_geometric_target_of_hidden_scores_matches_the_full_tensors():
+    """sdsd_interp's teacher for a policy with `HiddenScores` (the hf policy): softmax((1 - lam) log
+    p_teacher + lam log p_base) with two different projections, per chunk, equals the `FullScores`
+    form: divergences (gjsd and top-k included) and their gradients, token log-probs, entropies."""
+    from mitigate.policies.base import geometric_mixture
+
+    g = torch.Generator().manual_seed(1)
+    B, T, H, V = 2, 4, 5, 9
+    hs = torch.randn(B, T, H, generator=g, requires_grad=True)
+    ht, hr = torch.randn(B, T, H, generator=g), torch.randn(B, T, H, generator=g)
+    w, wt, wr = (torch.randn(V, H, generator=g) for _ in range(3))
+    w.requires_grad_(True)
+    keep = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    tokens = torch.randint(V, (B, T), generator=g)
+    full = geometric_mixture([FullScores(log_softmax_logits(ht, wt), tokens), FullScores(log_softmax_logits(hr, wr),
+                                                                                         tokens)], [0.6, 0.4])
+    hidden = geometric_mixture([HiddenScores(ht, keep, tokens, wt, chunk_size=3),
+                                HiddenScores(hr, keep, tokens, wr, chunk_size=3)], [0.6, 0.4])
+    torch.testing.assert_close(hidden.materialise(), full.materialise(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hidden.token_logprobs(), full.token_logprobs() * keep, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hidden.entropy(), full.entropy() * keep, rtol=1e-5, atol=1e-6)
+    for kind, opts in (("reverse_kl", {}), ("forward_kl", {"topk": 3}), ("gjsd", {"alpha": 0.2, "topk": 4,
+                                                                                  "topk_of": "student"})):
+        a = FullScores(log_softmax_logits(hs, w), tokens).divergence(full, kind, **opts) * keep
+        (ga,) = torch.autograd.grad(a.sum(), w)
+        b = HiddenScores(hs, keep, tokens, w, chunk_size=3).divergence(hidden, kind, **opts)
+        (gb,) = torch.autograd.grad(b.sum(), w)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-5)
