@@ -11,11 +11,12 @@ since the start). For rollout i of prompt x, with C_g the correct rollouts of it
     distinct      uniform over the DISTINCT outputs among C_g minus row i (duplicates merged before
                   drawing, each output represented by its first row); row i itself when sole.
     least_likely  the row of C_g minus row i whose sequence log-prob under the sampling policy
-                  (`batch.old_token_logprobs`) is lowest (ties: the first row); row i itself when sole.
+                  (`batch.old_token_logprobs`: the model's own, untempered) is lowest (ties: the
+                  first row); row i itself when sole.
     buffer        uniform over a FIFO buffer of correct completions of the same prompt kept from
                   earlier steps (`demo_buffer_size` per prompt, keyed by the prompt's tokens); the
-                  group's `uniform` rule while the prompt's buffer is empty. This step's correct
-                  rollouts enter the buffer after the draw.
+                  group's `uniform` rule while the prompt's buffer is empty. A step's correct
+                  rollouts enter the buffer when the next step draws.
     other_prompt  the control: uniform over the correct rollouts of the OTHER prompts of the step (a
                   demonstration for a different question); masked when no other prompt has one.
 
@@ -121,16 +122,25 @@ def pick_other_prompt(group_index: torch.Tensor, correct: torch.Tensor, m: int,
 
 class DemoBuffer:
     """`buffer`: correct completions per prompt (keyed by the prompt's token context) from earlier
-    steps, at most `size` each, oldest dropped first. Lives in the run's `Teacher`; it is not part of
-    a resume checkpoint, so a run with this rule refuses to resume (`Teacher.demonstrations`)."""
+    steps, at most `size` each, oldest dropped first. A step's correct rollouts enter the buffer when
+    the next step first draws, so every draw of a step (several objectives or M columns alike) sees
+    earlier steps only. Lives in the run's `Teacher`; it is not part of a resume checkpoint, so a run
+    with this rule refuses to resume (`Teacher.demonstrations`)."""
 
     def __init__(self, size: int):
         self.size, self.entries = size, {}
+        self.step, self.pending = None, []
 
-    def pick(self, batch, m: int, generator: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """([B, m] indices (>= B: into the returned completions), the buffered completions drawn from),
-        then this step's correct rollouts enter the buffer. Prompts with an empty buffer use `uniform`
-        over their group (the same draws `ops.pick_demonstrations` would make for them)."""
+    def pick(self, batch, m: int, generator: torch.Generator,
+             step: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """([B, m] indices (>= B: into the returned completions), the buffered completions drawn from).
+        Prompts with an empty buffer use `uniform` over their group (the same draws
+        `ops.pick_demonstrations` would make for them)."""
+        if step is None or step != self.step:
+            self._commit()
+            self.step = step
+            self.pending = [(self._key(batch, int(members[0])), [batch.tokens[j].detach().clone() for j in good])
+                            for members, good in _groups(batch.group_index, batch.correct) if len(good)]
         b = len(batch.group_index)
         out = pick_demonstrations(batch.group_index, batch.correct, m, generator)
         extra: list[torch.Tensor] = []
@@ -142,20 +152,22 @@ class DemoBuffer:
             extra += stored
             for i in members.tolist():
                 out[i] = offset + torch.randint(len(stored), (m,), generator=generator)
-        for members, good in _groups(batch.group_index, batch.correct):
-            if len(good):
-                stored = self.entries.setdefault(self._key(batch, int(members[0])), [])
-                stored += [batch.tokens[j].detach().clone() for j in good.tolist()]
-                del stored[:max(0, len(stored) - self.size)]
         return out, extra
+
+    def _commit(self) -> None:
+        for key, rows in self.pending:
+            stored = self.entries.setdefault(key, [])
+            stored += rows
+            del stored[:max(0, len(stored) - self.size)]
+        self.pending = []
 
     @staticmethod
     def _key(batch, row: int) -> tuple:
         return tuple(batch.contexts[row])
 
 
-def pick(rule: str, batch, m: int, generator: torch.Generator,
-         buffer: DemoBuffer | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def pick(rule: str, batch, m: int, generator: torch.Generator, buffer: DemoBuffer | None = None,
+         step: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """([B, m] demonstration indices, extra completions indexed from B) under `rule`."""
     if rule == "uniform":
         from mitigate.objectives import teacher  # the name tests may patch: the uniform draws' one source
@@ -173,5 +185,5 @@ def pick(rule: str, batch, m: int, generator: torch.Generator,
     if rule == "buffer":
         if buffer is None:
             raise ValueError("demo_rule 'buffer' needs the run's DemoBuffer")
-        return buffer.pick(batch, m, generator)
+        return buffer.pick(batch, m, generator, step)
     raise ValueError(f"unknown demo_rule '{rule}'; allowed: {', '.join(DEMO_RULES)}")

@@ -80,7 +80,7 @@ class Teacher:
                                       f"checkpoint does not hold: a run resumed at step {ctx.step} could not be "
                                       "exact; start over with --overwrite")
                 self.buffer = demo_rules.DemoBuffer(buffer_size)
-            demos, self._extra = demo_rules.pick(rule, batch, m, ctx.generator, self.buffer)
+            demos, self._extra = demo_rules.pick(rule, batch, m, ctx.generator, self.buffer, ctx.step)
             self._cache[key] = (demos, self._columns(batch, ctx, demos))
         return self._cache[key]
 

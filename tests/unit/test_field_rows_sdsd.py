@@ -231,11 +231,14 @@ def test_buffer_rule_uses_earlier_steps_then_falls_back():
     d1, _ = teacher.demonstrations(b1, ctx, 2, rule="buffer", buffer_size=2)
     # step 1: empty buffer, the uniform rule's draws on the same stream
     assert torch.equal(d1, pick_demonstrations(GROUPS, CORRECT, 2, torch.Generator().manual_seed(1)))
-    assert {k: len(v) for k, v in teacher.buffer.entries.items()} == {(99, 0): 2, (99, 2): 1}  # size 2 kept
+    # another draw in the same step (other m) still sees earlier steps only: none yet
+    d1b, _ = teacher.demonstrations(b1, ctx, 1, rule="buffer", buffer_size=2)
+    assert (d1b < len(TOKENS)).all() and teacher.buffer.entries == {}
     # step 2: prompts 0 and 2 draw from their buffers (indices >= B), prompt 1 still has none
     ctx.step = 2
     b2 = _batch(correct=torch.zeros(12, dtype=torch.bool))
     d2, (teachers,) = teacher.demonstrations(b2, ctx, 1, rule="buffer", buffer_size=2)
+    assert {k: len(v) for k, v in teacher.buffer.entries.items()} == {(99, 0): 2, (99, 2): 1}  # size 2 kept
     n = len(TOKENS)
     assert (d2[:4] >= n).all() and (d2[4:8] == -1).all() and (d2[8:] >= n).all()
     buffered = [tuple(teacher._extra[j - n].tolist()) for j in d2[:4, 0].tolist()]
