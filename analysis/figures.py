@@ -22,6 +22,7 @@ from analysis.style import (
     COLUMN_WIDTH,
     FIXED,
     FIXED_MARKERS,
+    FONT_SIZE,
     GREEN,
     ORANGE,
     OTHERS,
@@ -210,6 +211,14 @@ def _place_labels(ax, points, names) -> None:
         taken.append(best[2])
 
 
+def cap_at_one(ax) -> None:
+    """Axes of probabilities end at 1 (margins would otherwise draw ticks above it)."""
+    for get, put in ((ax.get_ylim, ax.set_ylim), (ax.get_xlim, ax.set_xlim)):
+        lo, hi = get()
+        if hi > 1.0 >= lo:
+            put(lo, 1.0)
+
+
 def _err(v: float, ci: list[float]) -> list[list[float]]:
     """Error bar lengths below and above `v` (0 where a bootstrap interval excludes the mean)."""
     return [[max(v - ci[0], 0.0)], [max(ci[1] - v, 0.0)]]
@@ -232,7 +241,7 @@ def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = N
     n_points = sum(1 for n, m in summary["methods"].items()
                    if k_ood in (_block(m, split)[0] or {}) and not is_sharpening(n))
     crowded = n_points > LABELLED_POINTS  # past this, labels beside points collide: a legend below instead
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.9 + (0.14 * ((n_points + 2) // 2) if crowded else 0)),
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.9 + (0.12 * ((n_points + 4) // 3) if crowded else 0)),
                            layout="constrained")
     points, labels = [], []
     for name, m in summary["methods"].items():
@@ -244,7 +253,7 @@ def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = N
         yerr = _err(y, ci_ood[k_ood]) if ci_ood else None
         style = method_style(name, names)
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=style["marker"], color=style["color"], ms=4, capsize=2,
-                    elinewidth=0.8, label=name)
+                    elinewidth=0.8, label=name, clip_on=False)  # a point at pass@k = 1 stays whole
         points.append((x, y))
         labels.append(name)
     # trade-off curves: base -> weaker updates (weights interpolated with the base) -> trained
@@ -266,10 +275,14 @@ def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = N
                 label="sharpening (base at lower T)")
     ax.set_xlabel(f"ID pass@{k_id}")
     ax.set_ylabel(f"OOD {split} pass@{k_ood}")
-    ax.set_title(textwrap.fill(f"ID pass@{k_id} vs. OOD {split} pass@{k_ood} (95% intervals)", 55))
+    # two lines broken between phrases (never mid-phrase by a wrap at the column's width)
+    ax.set_title(f"ID pass@{k_id} vs. OOD pass@{k_ood} ({split})\nbars: 95% intervals")
     ax.margins(0.15)
-    if crowded:
-        legend_below(fig, ncol=2)
+    cap_at_one(ax)
+    if crowded:  # a compact legend: three columns, smaller text, so it stays smaller than the plot
+        handles, names_ = ax.get_legend_handles_labels()
+        fig.legend(handles, names_, loc="outside lower center", ncol=3, fontsize=FONT_SIZE - 2,
+                   handlelength=1.6, columnspacing=0.8, handletextpad=0.4)
     else:
         _place_labels(ax, points, labels)
         lines = [(h, lab) for h, lab in zip(*ax.get_legend_handles_labels()) if isinstance(h, Line2D)]
@@ -496,16 +509,23 @@ def plot_training_dynamics(runs: dict[str, list[list[dict]]], path: str | Path,
                 continue
             v = np.array([[d[t] for t in steps] for d in per_seed], dtype=float)
             style = method_style(name, names)
-            ax.plot(steps, v.mean(0), color=style["color"], ls=style["linestyle"], lw=1.0, label=name,
-                    marker=style["marker"] if len(steps) <= 12 else None, ms=2.5)
+            # markers (every sixth of the steps, staggered per method) tell overlapping lines apart in
+            # grey; the fixed references (grpo, sdsd) are drawn on top of the mitigations
+            every = max(1, len(steps) // 6)
+            j = names.index(name)
+            ax.plot(steps, v.mean(0), color=style["color"], ls=style["linestyle"], lw=1.0 if name in FIXED else 0.8,
+                    label=name, marker=style["marker"], ms=2.5, markevery=(j % every, every),
+                    zorder=3 if name in FIXED else 2, alpha=1.0 if name in FIXED else 0.85)
             if len(per_seed) > 1:
                 ax.fill_between(steps, v.min(0), v.max(0), color=style["color"], alpha=0.12, lw=0)
         ax.set_ylabel(label)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in axes[-1]:
-        ax.set_xlabel("training step")
     for ax in axes.flat[len(keys):]:
         ax.set_visible(False)
+    for col in range(ncols):  # the lowest drawn panel of each column carries the step axis
+        bottom = [ax for ax in axes[:, col] if ax.get_visible()][-1]
+        bottom.set_xlabel("training step")
+        bottom.tick_params(labelbottom=True)
     handles: dict = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):

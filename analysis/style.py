@@ -1,5 +1,7 @@
-"""One look for every figure: the Okabe-Ito palette (colour-blind safe), a fixed colour and marker
-per method, paper-column sizes and 8 pt text. The sharpening control's rows (`base@t<T>`: the base
+"""One look for every figure: the Okabe-Ito palette (colour-blind safe) extended by four dark
+colours of Paul Tol's colour-blind-safe "muted" scheme, a fixed colour and marker per method (every
+method of a figure its own marker, so methods stay apart in grey print), paper-column sizes and
+8 pt text. The sharpening control's rows (`base@t<T>`: the base
 sampled at a lower temperature) are a grey family that takes no colour from the methods."""
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from collections.abc import Sequence
 BLACK, ORANGE, SKY_BLUE, GREEN = "#000000", "#E69F00", "#56B4E9", "#009E73"
 YELLOW, BLUE, VERMILLION, PURPLE = "#F0E442", "#0072B2", "#D55E00", "#CC79A7"
 
+# Tol (2021), "Colour Schemes", muted: wine, teal, olive, indigo (apart from Okabe-Ito's and each other)
+WINE, TEAL, OLIVE, INDIGO = "#882255", "#44AA99", "#999933", "#332288"
+
 FIXED = {"base": BLACK, "grpo": VERMILLION, "sdsd": BLUE}
-OTHERS = (ORANGE, SKY_BLUE, GREEN, PURPLE, YELLOW)  # yellow last: faintest on white
+OTHERS = (ORANGE, SKY_BLUE, GREEN, PURPLE, WINE, TEAL, OLIVE, INDIGO, YELLOW)  # yellow last: faintest on white
 FIXED_MARKERS = {"base": "o", "grpo": "s", "sdsd": "^"}
-MARKERS = "DvpP<>hX*"  # the others, in the same order as their colours
+MARKERS = "DvpP<>hX*"  # the others, in the same order as their colours: twelve methods, twelve markers
 
 COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
 TEXT_WIDTH = 6.9  # inches: both columns
@@ -65,8 +70,8 @@ def method_color(name: str, order: Sequence[str]) -> str:
 
 
 def method_style(name: str, order: Sequence[str]) -> dict:
-    """Colour, marker and line style of a method, fixed like its colour; past the palette, a dashed
-    line tells apart two methods that share a colour."""
+    """Colour, marker and line style of a method, fixed like its colour: up to twelve methods each
+    have their own colour and marker; past that, a dashed line tells apart two that share them."""
     color = method_color(name, order)
     if name in FIXED:
         return {"color": color, "marker": FIXED_MARKERS[name], "linestyle": "-"}

@@ -226,3 +226,57 @@ def test_paper_command_writes_only_generated_folders(smoke_folder, tmp_path):
     (other / "tables" / "mine.tex").write_text("hand-written")
     assert main(["paper", str(smoke_folder), "--out", str(other)]) == 2
     assert sorted(p.name for p in other.rglob("*")) == ["mine.tex", "tables"]
+
+
+# ------------------------------------------------------------------- legibility (issue 29)
+def test_twelve_methods_each_get_their_own_colour_and_marker():
+    from analysis.style import method_style
+
+    names = ["base", "grpo", "sdsd"] + [f"m{i}" for i in range(9)]
+    styles = [method_style(n, names) for n in names]
+    assert len({s["color"] for s in styles}) == 12 and len({s["marker"] for s in styles}) == 12
+
+
+def test_pareto_title_breaks_between_phrases_and_its_axes_end_at_one(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(F, "save", lambda fig, path: seen.extend(fig.axes) or [])
+    s = summary()
+    for m in s["methods"].values():  # points at pass@k = 1 with margins would draw ticks above it
+        m["ood"]["alpha"]["pass_at_k"]["8"] = 1.0
+        m["ci95"]["ood"]["alpha"]["pass_at_k"]["8"] = [0.99, 1.0]
+    F.plot_pareto(s, tmp_path / "pareto")
+    ax = seen[0]
+    assert ax.get_title().split("\n") == ["ID pass@1 vs. OOD pass@8 (alpha)", "bars: 95% intervals"]
+    assert ax.get_ylim()[1] <= 1.0 and max(ax.get_yticks()[(ax.get_yticks() <= ax.get_ylim()[1])]) <= 1.0
+
+
+def test_dynamics_label_the_step_axis_under_every_column(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(F, "save", lambda fig, path: seen.append(fig) or [])
+    rows = [[{"step": t, "reward": 0.1 * t, "probe_pass_at_1": 0.5, "probe_concepts": 2.0, "token_entropy": 0.4,
+              "kl_base": 0.01 * t} for t in range(0, 30, 10)]]
+    F.plot_training_dynamics({"grpo": rows, "sdsd": rows}, tmp_path / "d")
+    fig = seen[0]
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 5
+    # five panels in two columns: the last row holds one, so both columns' lowest panels carry the axis
+    labelled = [ax for ax in visible if ax.get_xlabel() == "training step"]
+    assert len(labelled) == 2
+    assert all(any(t.get_visible() and t.get_text() for t in ax.get_xticklabels()) for ax in labelled)
+
+
+def test_tied_mean_ranks_share_a_place_and_the_report_links_no_undrawn_figure():
+    from pathlib import Path
+
+    from mitigate.report import ranking_table, report_markdown
+
+    s = json.loads((Path(__file__).resolve().parents[2] / "baselines/runs/default/summary.json").read_text())
+    names = list(s["ranking"])
+    assert len(names) >= 3
+    for n in names[:2]:  # a tie at the top: both first, the next third
+        s["ranking"][n]["mean rank"] = 1.5
+    s["ranking"][names[2]]["mean rank"] = max(s["ranking"][names[2]]["mean rank"], 2.0)
+    places = [line.split("|")[1].strip() for line in ranking_table(s).splitlines()[2:]]
+    assert places[:3] == ["1", "1", "3"]
+    md = report_markdown(s)
+    assert "![" not in md and "python -m analysis figures" in md
