@@ -170,9 +170,7 @@ def pick(rule: str, batch, m: int, generator: torch.Generator, buffer: DemoBuffe
          step: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """([B, m] demonstration indices, extra completions indexed from B) under `rule`."""
     if rule == "uniform":
-        from mitigate.objectives import teacher  # the name tests may patch: the uniform draws' one source
-
-        return teacher.pick_demonstrations(batch.group_index, batch.correct, m, generator), []
+        return pick_demonstrations(batch.group_index, batch.correct, m, generator), []
     if rule == "first":
         return pick_first(batch.group_index, batch.correct, m), []
     if rule == "distinct":

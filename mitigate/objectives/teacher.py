@@ -23,7 +23,7 @@ import torch
 
 from mitigate.core.resume import ResumeError
 from mitigate.objectives import demos as demo_rules
-from mitigate.ops import pick_demonstrations  # noqa: F401  (the uniform rule's draws: demos.pick calls it by this name)
+from mitigate.ops import pick_demonstrations
 from mitigate.policies.base import Scores, target_scores
 
 TEACHERS = ("live", "ema", "base")
@@ -80,7 +80,10 @@ class Teacher:
                                       f"checkpoint does not hold: a run resumed at step {ctx.step} could not be "
                                       "exact; start over with --overwrite")
                 self.buffer = demo_rules.DemoBuffer(buffer_size)
-            demos, self._extra = demo_rules.pick(rule, batch, m, ctx.generator, self.buffer, ctx.step)
+            if rule == "uniform":  # the original draws, by this module's name (tests enumerate them through it)
+                demos, self._extra = pick_demonstrations(batch.group_index, batch.correct, m, ctx.generator), []
+            else:
+                demos, self._extra = demo_rules.pick(rule, batch, m, ctx.generator, self.buffer, ctx.step)
             self._cache[key] = (demos, self._columns(batch, ctx, demos))
         return self._cache[key]
 
