@@ -1,4 +1,5 @@
-"""`python -m analysis figures|tables|paper DIR [DIR ...]`: figures, tables and paper sources from run folders.
+"""`mitigate-analysis figures|tables|paper DIR [DIR ...]` (the same as `python -m analysis ...` from the
+repository root): figures, tables and paper sources from run folders.
 
     figures DIR...              PNG + PDF beside the JSON of each run folder:
         summary.json     -> pass_at_k, pareto (more than one method), concept_shares,
@@ -114,7 +115,7 @@ def readme(files: list[Path], check: bool, root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="mitigate-analysis", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("figures", help="draw the figures of run folders (summary.json and/or theory.json)")
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR")

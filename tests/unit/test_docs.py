@@ -15,6 +15,7 @@ from pathlib import Path
 
 import tomllib
 
+from analysis.__main__ import main as analysis_main
 from mitigate import cli, plugins
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
@@ -45,6 +46,8 @@ def test_every_snippet_runs(tmp_path, monkeypatch, capsys):
                 argv = shlex.split(line)
                 if argv[0] == "mitigate":
                     assert cli.main(argv[1:]) == 0, (line, capsys.readouterr().err)
+                elif argv[0] == "mitigate-analysis":  # the installed entry point of analysis/__main__.py
+                    assert analysis_main(argv[1:]) == 0, (line, capsys.readouterr().err)
                 elif argv[0] == "python":
                     runpy.run_path(argv[1], run_name="__main__")
                 else:
@@ -55,7 +58,9 @@ def test_every_snippet_runs(tmp_path, monkeypatch, capsys):
             ran.append("entry points")
         else:
             raise AssertionError(f"snippet in an unknown language: {lang}")
-    assert ran.count("pretrain") == 3 and ran.count("train") == 5 and "reproduce" in ran and "eval" in ran
+    assert ran.count("pretrain") == 3 and ran.count("train") == 5 and "reproduce" in ran and ran.count("eval") == 2
+    assert "figures" in ran and (tmp_path / "runs/my_sweep/pass_at_k.png").is_file()
+    assert '"pass_at_k"' in (tmp_path / "runs/sdsd-dup3-eval.json").read_text()
     assert "entry points" in ran and "ablation.py" in ran
     # the commands did what the page says
     assert "duplicates/loss" in (tmp_path / "runs/sdsd-dup/metrics.jsonl").read_text()
