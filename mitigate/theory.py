@@ -383,7 +383,9 @@ def cmi_reweighting_error(p0, correct, T, Ms: Sequence[int], exact_max_tuples: i
 #   sdsd_anticopy      sdsd's field plus a reward -coef a E[pcmi(y; y*)] on correct outputs: for
 #                      coef > 1 a flattening that favours what demonstrations make less likely.
 
-TABULAR_OBJECTIVES = ("grpo", "sdsd", "sdsd_marginal", "sdsd_cmi", "sdsd_anticopy", "sdsd_interp")
+TABULAR_OBJECTIVES = ("grpo", "grpo_negative", "grpo_passk", "sdsd", "sdsd_marginal", "sdsd_cmi", "sdsd_anticopy",
+                      "sdsd_interp")
+RL_OBJECTIVES = ("grpo", "grpo_negative", "grpo_passk")  # an advantage per correctness class: no teacher
 TABULAR_DEMO_RULES = ("uniform", "first", "distinct", "least_likely")  # mitigate.objectives.demos, one prompt
 
 
@@ -499,6 +501,36 @@ def grpo_expected_advantage(c: float, G: int, scale_std: bool = True, eps: float
     return out
 
 
+def passk_expected_advantage(c: float, G: int, k: int, scale_std: bool = True) -> np.ndarray:
+    """E[A_i | r_i] for r_i = 0, 1 of grpo_passk (objectives/grpo_passk.py's closed form, population
+    std of the k-subset rewards) when the other G - 1 rewards are iid Bernoulli(c)."""
+    if not 1 <= k <= G:
+        raise ValueError(f"k must be between 1 and the group size {G}, got {k}")
+    out = np.zeros(2)
+    for j in range(G):  # correct others
+        for r in (0, 1):
+            n_correct = j + r
+            r_bar = 1 - math.comb(G - n_correct, k) / math.comb(G, k)
+            sigma = np.sqrt(r_bar * (1 - r_bar))
+            if sigma < 1e-12:
+                continue
+            a = (1 - r_bar) if r else (1 - r_bar - math.comb(G - n_correct - 1, k - 1) / math.comb(G - 1, k - 1))
+            out[r] += binom.pmf(j, G - 1, c) * (a / sigma if scale_std else a)
+    return out
+
+
+def rl_expected_advantage(objective: str, c: float, G: int, scale_std: bool = True, eps: float = 1e-6,
+                          k: int = 1) -> np.ndarray:
+    """E[A | r] for r = 0, 1 of the RL rows: grpo, grpo_negative (grpo's with 0 for r = 1) and grpo_passk.
+    Constant on the correct set, so each fixed point keeps the base's ratios among correct outputs."""
+    if objective == "grpo_passk":
+        return passk_expected_advantage(c, G, k, scale_std)
+    A = grpo_expected_advantage(c, G, scale_std, eps)
+    if objective == "grpo_negative":
+        A[1] = 0.0
+    return A
+
+
 def _set_partitions(items: list):
     """All partitions of `items` into non-empty blocks (Bell(len(items)) of them)."""
     if not items:
@@ -534,7 +566,7 @@ def _pool_tuple_law(u: np.ndarray, tuples: np.ndarray, k: int) -> np.ndarray:
 def objective_field(objective: str, space: TabularSpace, logits, base_logits, *, beta: float, G: int,
                     kappa: float = 0.0, teacher: str = "live", M: int = 1, coef: float = 1.0,
                     scale_std: bool = True, eps: float = 1e-6, lam: float = 0.0,
-                    demo_rule: str = "uniform") -> np.ndarray:
+                    demo_rule: str = "uniform", k: int = 1) -> np.ndarray:
     """X [n_prefix, K]: the exact expected gradient of the shipped objective `objective` plus the
     anchor beta KL(pi || p0), per rollout, with respect to the logits of prefix h, is
     q_h * (X_h - E_{q_h} X_h) (see the section comment). Settings as in the objectives' configs:
@@ -599,8 +631,8 @@ def objective_field(objective: str, space: TabularSpace, logits, base_logits, *,
     future = k_yt[:, ::-1].cumsum(1)[:, ::-1] - k_yt
     X += beta * (visit[:, None] * (lq - lp0) - score(future))
 
-    if objective == "grpo":
-        A = grpo_expected_advantage(c, G, scale_std, eps)
+    if objective in RL_OBJECTIVES:
+        A = rl_expected_advantage(objective, c, G, scale_std, eps, k)
         return X + score(A[C.astype(int)])
 
     log_t = copy_teacher_logprobs(space, logits if teacher == "live" else base_logits, kappa)  # [d, h, v]

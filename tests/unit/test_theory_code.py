@@ -178,7 +178,7 @@ class Harness:
         self.name, self.enum, self.beta, self.anchor = name, enum, beta, anchor
         entry = OBJECTIVES.get(name)
         self.fn = make_term(entry)
-        if name != "grpo":
+        if name not in th.RL_OBJECTIVES:
             fields["teacher"] = teacher
         self.cfg = C.build(entry.config, {"name": name, "aggregation": "seq_sum", **fields})
         self.policy = TabularPolicy(enum.space, base_logits if logits is None else logits)
@@ -247,7 +247,7 @@ SETTINGS = {"G2": (SPACE, BASE, 2), "G3": (SMALL, SMALL_BASE, 3), "L3": (DEEP, D
 
 def theory_kw(name: str, G: int, teacher: str = "live", **fields) -> dict:
     kw = {"beta": BETA, "G": G, "kappa": KAPPA, "teacher": teacher}
-    kw.update({k: v for k, v in fields.items() if k in ("M", "coef")})
+    kw.update({k: v for k, v in fields.items() if k in ("M", "coef", "k")})
     return kw
 
 
@@ -284,13 +284,14 @@ def test_enumerated_draws_have_the_law_of_pick_demonstrations():
 
 # --------------------------------------------------------------------------- 2. the expected gradient, term by term
 FIELD_CASES = [
-    ("grpo", {}), ("sdsd", {}), ("sdsd_marginal", {"M": 2}), ("sdsd_cmi", {"M": 2, "coef": 1.0}),
+    ("grpo", {}), ("grpo_negative", {}), ("grpo_passk", {"k": 2}), ("sdsd", {}), ("sdsd_marginal", {"M": 2}),
+    ("sdsd_cmi", {"M": 2, "coef": 1.0}),
     ("sdsd_cmi", {"M": 2, "coef": 0.0}), ("sdsd_cmi", {"M": 2, "coef": 0.4}), ("sdsd_anticopy", {"M": 2, "coef": 3.0}),
 ]
 
 
 # grpo has no teacher: it runs once per setting, under the name "live" (unused)
-TEACHER_CASES = [(n, f, t) for n, f in FIELD_CASES for t in (["live"] if n == "grpo" else ["live", "base"])]
+TEACHER_CASES = [(n, f, t) for n, f in FIELD_CASES for t in (["live"] if n in th.RL_OBJECTIVES else ["live", "base"])]
 
 
 @pytest.mark.parametrize("setting", ["G2", "G3", "L3"])
@@ -315,6 +316,8 @@ def test_code_gradient_is_the_theory_gradient(setting, teacher, name, fields):
 # --------------------------------------------------------------------------- 3. training converges to the prediction
 CONVERGENCE = {  # name, fields, setting
     "grpo": ("grpo", {}, "G2"),
+    "grpo_negative": ("grpo_negative", {}, "G2"),
+    "grpo_passk": ("grpo_passk", {"k": 2}, "G3"),
     "sdsd": ("sdsd", {}, "G2"),
     "sdsd_cmi": ("sdsd_cmi", {"M": 2, "coef": 1.0}, "G2"),
     "sdsd_marginal": ("sdsd_marginal", {"M": 2}, "G3"),
@@ -350,6 +353,16 @@ def test_training_reaches_the_predicted_fixed_point(converged, key):
 def test_adam_reaches_the_same_fixed_point(key):
     r = train_and_predict(key, optimizer="adam", steps=400, lr=0.1)
     assert np.abs(r["p"] - r["pred"]).max() < 1e-4
+
+
+@pytest.mark.parametrize("key", ["grpo_negative", "grpo_passk"])
+def test_negative_only_and_passk_rows_preserve_base_ratios(converged, key):
+    """Both give every correct output the same expected advantage (0 for negative-only), so their
+    fixed points keep the base's ratios among correct outputs, as GRPO's does (issue 25)."""
+    r = converged[key]
+    assert th.max_log_ratio_error(r["pred"], r["p0"], r["space"].correct) < 1e-9
+    assert th.max_log_ratio_error(r["p"], r["p0"], r["space"].correct) < 1e-3
+    assert r["p"][r["space"].correct].sum() > r["p0"][r["space"].correct].sum() + 0.01  # and it learned
 
 
 def test_grpo_preserves_base_ratios(converged):
