@@ -402,9 +402,6 @@ def combine_summaries(paths: list[str | Path], shared_only: bool = False) -> dic
         merged.setdefault("budget", {**budget, "objectives": {}, "regularizers": {}})
         for key in ("objectives", "regularizers"):
             merged["budget"][key].update(budget.get(key, {}))
-    return merged
-
-
     first = next(iter(settings.values()))
     merged["evaluation"] = {k: v for k, v in first.items()
                             if k not in differ and all(s.get(k) == v for s in settings.values())}
@@ -415,6 +412,9 @@ def combine_summaries(paths: list[str | Path], shared_only: bool = False) -> dic
         merged["budget"]["eval_samples"] = merged["evaluation"].get("eval.samples")
         paths_kept = shared_metrics(list(merged["methods"].values()))
         merged["methods"] = {n: only_shared(m, paths_kept) for n, m in merged["methods"].items()}
+    return merged
+
+
 def write_combined(paths: list[str | Path], out: str | Path, overwrite: bool = False,
                    shared_only: bool = False) -> Path:
     """`mitigate table`: one report (tables with intervals, ranking) over the methods of several

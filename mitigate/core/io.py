@@ -409,11 +409,14 @@ def null_for_nonfinite(obj):
     return obj
 
 
+NAN = float("nan")  # one object, as `json.loads` returns for every NaN: equal trees then compare equal
+
+
 def nan_for_null(obj):
     """`obj` with every None read back as NaN: for trees of numbers that `write_json` wrote (metric
     rows, summaries), where null stands for a number that was not finite."""
     if obj is None:
-        return float("nan")
+        return NAN
     if isinstance(obj, dict):
         return {k: nan_for_null(v) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -164,15 +164,16 @@ def test_table_refuses_summaries_evaluated_differently(capsys, tmp_path):
 def test_table_shared_only_shows_what_every_summary_reports(capsys, tmp_path):
     a = summary_folder(tmp_path, "n8", "grpo", 8)
     b = summary_folder(tmp_path, "n4", "sdsd", 4)
-    out = tmp_path / "t"
-    assert cli.main(["table", str(a), str(b), "--out", str(out), "--shared-only"]) == 0
-    merged = json.loads((out / "summary.json").read_text())
-    for m in merged["methods"].values():
-        for tree in (m, m["ci95"], *m["paired"].values(), *m["per_seed"]):
-            assert sorted(tree["id"]["pass_at_k"]) == ["1", "2", "4"]
-    assert merged["evaluation_by_source"] == {str(a): {"eval.samples": 8}, str(b): {"eval.samples": 4}}
-    md = (out / "summary.md").read_text()
-    assert "evaluated with different settings" in md and "eval.samples = 4" in md and "n = 4." not in md
+    for i, (first, second) in enumerate(((a, b), (b, a))):
+        out = tmp_path / f"t{i}"
+        assert cli.main(["table", str(first), str(second), "--out", str(out), "--shared-only"]) == 0
+        merged = json.loads((out / "summary.json").read_text())
+        for m in merged["methods"].values():
+            for tree in (m, m["ci95"], *m["paired"].values(), *m["per_seed"]):
+                assert sorted(tree["id"]["pass_at_k"]) == ["1", "2", "4"]
+        assert merged["evaluation_by_source"] == {str(a): {"eval.samples": 8}, str(b): {"eval.samples": 4}}
+        md = (out / "summary.md").read_text()
+        assert "evaluated with different settings" in md and "eval.samples = 4" in md and "n = 4." not in md
     capsys.readouterr()
 
 
