@@ -203,8 +203,9 @@ def report_markdown(summary: dict) -> str:
     parts += [f"Wall time: {summary['wall_seconds']:.0f} s. Means over seeds of means over prompts; 95% intervals "
               "from a crossed bootstrap (one prompt resample shared by every method and seed, seeds resampled). "
               "Diversity is measured among correct samples. "
-              + (f"ID columns are on the `{summary['id_split']}` pairs." if summary.get("id_split", "id_test")
-                 else "The sources' ID columns are on different splits (below)."), ""]
+              + (f"ID columns are on the `{summary.get('id_split', 'id_test')}` pairs."
+                 if summary.get("id_split", "id_test") else "The sources' ID columns are on different splits (below)."),
+              ""]
     if "evaluation_by_source" in summary:
         parts += ["**The sources were evaluated with different settings** (`mitigate table --shared-only`): only "
                   "the metrics every method reports are shown, and numbers across sources measure different "
