@@ -145,6 +145,8 @@ class EvalConfig(Section):
                          min=0.0)
     diversity_r: int = opt(8, "accuracy-free diversity: distinct labels and outputs expected among r correct "
                               "samples per prompt (prompts with fewer than r correct are left out; 0 = off)", min=0)
+    uncertainty_language: str = opt("en", "text tasks with marker lists (sciqa): the language whose uncertainty "
+                                          "markers ('wait', 'maybe', ...) are counted in responses")
     ratio_test: bool = opt(True, "tasks with an enumerable correct set: the exact log-probabilities of every "
                                  "correct output under the base and the model, for the theory's ratio test")
 
@@ -212,6 +214,8 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    except OSError as e:  # e.g. no permission to read it
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror or e})") from e
     except ValueError as e:  # a number YAML reads but Python refuses (an integer of thousands of digits)
         raise ConfigError(f"config file {path}: {str(e).split(';')[0]}") from e
     if not isinstance(data, dict):

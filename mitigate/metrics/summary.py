@@ -25,15 +25,18 @@ from mitigate.metrics.statistics import (
     seed_resamples,
     set_path,
 )
+from mitigate.metrics.uncertainty import UNCERTAINTY_KEYS
 
 # per-prompt scalars reported beside pass@k (diversity is measured among correct samples); a row
-# reports only the keys it has (text diversity: tasks with completion texts, `metrics.semantic`)
+# reports only the keys it has (text diversity: tasks with completion texts, `metrics.semantic`; the
+# uncertainty markers and response length of all responses: tasks that offer a marker list,
+# `metrics.uncertainty`)
 TEXT_DIVERSITY_KEYS = tuple(f"{kind}_{m}" for kind in ("semantic", "lexical")
                             for m in ("cosine_distance", "vendi", "clusters"))
 # accuracy-free diversity (among r correct samples, `diversity.distinct_among`) and the ratio test's
 # per-prompt sums (`metrics.ratio`): present when the evaluation measured them
 SCALARS = ("distinct_correct", "concepts", "concept_entropy", "top_concept_share", "token_entropy",
-           *TEXT_DIVERSITY_KEYS, "concepts_at_r", "distinct_correct_at_r", *RATIO_KEYS)
+           *TEXT_DIVERSITY_KEYS, *UNCERTAINTY_KEYS, "concepts_at_r", "distinct_correct_at_r", *RATIO_KEYS)
 
 
 def metric_keys(row: dict) -> list[tuple]:

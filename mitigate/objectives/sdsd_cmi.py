@@ -59,9 +59,11 @@ import torch
 from mitigate.core.fields import Section, opt
 from mitigate.objectives.base import Batch, Context, register_objective
 from mitigate.objectives.demos import DEMO_RULES
+from mitigate.objectives.sdsd import check_teacher_fields, demo_options
 from mitigate.objectives.teacher import TEACHERS
 from mitigate.ops import AGGREGATIONS, aggregate, leave_one_out_demo_mean, masked_mean
 from mitigate.policies.base import Scores
+from mitigate.tasks.base import CONTEXT_KINDS
 
 
 @dataclass
@@ -71,7 +73,8 @@ class SDSDCMIConfig(Section):
                     "does not depend on it)", min=1)
     coef: float = opt(1.0, "weight of the tilt correction on correct rollouts in [0, 1] (1 = remove the tilt, "
                            "0 = sequence-level SDSD)", min=0.0)
-    teacher: str = opt("live", "teacher weights: current (live), EMA of student, or frozen base", choices=TEACHERS)
+    teacher: str = opt("live", "teacher weights: current (live), EMA of student, frozen base, or a frozen "
+                               "checkpoint at teacher_path (external)", choices=TEACHERS)
     ema_decay: float = opt(0.99, "EMA decay when teacher=ema", min=0.0, max=1.0)
     weights: str = opt("pcmi", "per-rollout advantage: the centred pcmi (the method), or the control 'constant': "
                                "each rollout's replaced by the batch mean over rollouts of its correctness "
@@ -81,10 +84,19 @@ class SDSDCMIConfig(Section):
                          choices=DEMO_RULES)
     demo_buffer_size: int = opt(16, "correct completions kept per prompt when demo_rule=buffer (oldest dropped)",
                                 min=1)
+    teacher_context: str = opt("full", "what the teacher sees besides the prompt (see sdsd)", choices=CONTEXT_KINDS)
+    context_tokens: int = opt(0, "teacher_context partial: the demonstration's first j tokens (0: use "
+                                 "context_fraction)", min=0)
+    context_fraction: float = opt(0.5, "teacher_context partial with context_tokens 0: the first floor(fraction x "
+                                       "length) tokens of the demonstration", min=0.0, max=1.0)
+    teacher_path: str = opt("", "teacher external: the frozen checkpoint the teacher's weights come from (see sdsd)")
 
-    _quiet_at_default = ("demo_rule", "demo_buffer_size")  # see SDSDConfig: summaries omit them at defaults
+    # see SDSDConfig: summaries omit them at defaults
+    _quiet_at_default = ("demo_rule", "demo_buffer_size", "teacher_context", "context_tokens", "context_fraction",
+                         "teacher_path")
 
     def validate(self) -> None:
+        check_teacher_fields(self)
         if self.coef > 1:
             where = f"{self._where}.coef" if self._where else "coef"
             raise ValueError(f"'{where}' must be <= 1.0, got {self.coef} (coef > 1 was the anti-copy reward of the "
@@ -121,8 +133,7 @@ def class_means(values: torch.Tensor, correct: torch.Tensor, incorrect: torch.Te
 
 @register_objective("sdsd_cmi", SDSDCMIConfig)
 def sdsd_cmi(batch: Batch, ctx: Context, cfg: SDSDCMIConfig) -> tuple[torch.Tensor, dict]:
-    demos, teachers = ctx.teacher.demonstrations(batch, ctx, cfg.M, rule=cfg.demo_rule,
-                                                 buffer_size=cfg.demo_buffer_size)
+    demos, teachers = ctx.teacher.demonstrations(batch, ctx, cfg.M, **demo_options(cfg))
     has_demo = demos[:, 0] >= 0
     mask = batch.mask * has_demo.float()[:, None]
     pcmi = per_demonstration_pcmi(batch, teachers, mask)  # [B, M]

@@ -20,6 +20,7 @@ from mitigate import plugins
 from mitigate.core.io import InputError, read_json, sha256_file, write_json
 from mitigate.core.registry import plugin_hint
 from mitigate.core.resume import RESUME_MUTABLE, ResumeError, differences
+from mitigate.objectives.external import check_teacher, external_record
 
 # One torch thread per training run, in this process or a worker: a run's numbers then do not
 # depend on --jobs or on the machine's core count (CPU float reductions change with the thread count).
@@ -88,8 +89,27 @@ def checkpoint_record(cfg: C.Config, method: str, policy) -> dict:
 
 def run_record(cfg: C.Config) -> dict:
     """What every run's meta.json records besides seed, command and versions: the task, the resolved
-    config and the `--set` overrides it was resolved with (None when built in Python)."""
-    return {"task": C.to_dict(cfg.task), "config": C.to_dict(cfg), "overrides": getattr(cfg, "_overrides", None)}
+    config and the `--set` overrides it was resolved with (None when built in Python); with an
+    external teacher (`train.objective.teacher: external`), that teacher's identity (`external_teacher`),
+    checked against the task and model first: a run with an incompatible one is refused here, before
+    any training (ConfigError, exit 2)."""
+    record = {"task": C.to_dict(cfg.task), "config": C.to_dict(cfg), "overrides": getattr(cfg, "_overrides", None)}
+    teacher = external_teacher(cfg)
+    if teacher is not None:
+        record["external_teacher"] = teacher
+    return record
+
+
+def external_teacher(cfg: C.Config, record: bool = True) -> dict | None:
+    """The checked record of the config's external teacher (`objectives.external.external_record`; with
+    `record` False only checked, no file hashed), or None when its objective has no external teacher."""
+    objective = cfg.train.objective
+    if getattr(objective, "teacher", None) != "external":
+        return None
+    if not record:
+        check_teacher(objective.teacher_path, C.to_dict(cfg.task), C.to_dict(cfg.model))
+        return {}
+    return external_record(objective.teacher_path, C.to_dict(cfg.task), C.to_dict(cfg.model))
 
 
 def same_task(checkpoint_task: dict | None, cfg: C.Config) -> bool:

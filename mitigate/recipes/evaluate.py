@@ -5,8 +5,10 @@ probe of a model.
 A task that offers completion texts (`task.completion_text(tokens)`, e.g. sciqa) also gets the
 diversity of each prompt's correct answers as text (`metrics.semantic.answer_diversity`: mean
 pairwise cosine distance, Vendi score, clusters), embedded by `eval.embedder`; its keys are named
-by the embedder's kind (`lexical_*` for TF-IDF, `semantic_*` for sentence embeddings). A task
-without texts (the graph task) gets exactly the rows it had."""
+by the embedder's kind (`lexical_*` for TF-IDF, `semantic_*` for sentence embeddings). A task that
+also offers uncertainty markers (`task.uncertainty_markers(language)`, sciqa) gets, over all of each
+prompt's responses, the rate of those markers and the response length (`metrics.uncertainty`;
+`eval.uncertainty_language`). A task without texts (the graph task) gets exactly the rows it had."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from mitigate.core.seeding import device_for, torch_stream
 from mitigate.metrics import ci_tree, ks_up_to, mean_metrics, prompt_metrics
 from mitigate.metrics.ratio import RATIO_KEYS, pcmi_bar, ratio_stats
 from mitigate.metrics.semantic import answer_diversity, make_embedder
+from mitigate.metrics.uncertainty import marker_stats
 from mitigate.policies import CheckpointError, checkpoint_meta, load_policy, resolve_checkpoint
 from mitigate.recipes.common import check_decided_by_checkpoint
 from mitigate.rollout import generate
@@ -67,11 +70,21 @@ def text_diversity(task, eval_cfg):
     return partial(answer_diversity, embedder=embedder, threshold=eval_cfg.cluster_threshold, q=eval_cfg.vendi_q)
 
 
+def uncertainty_markers(task, eval_cfg) -> list[str] | None:
+    """The uncertainty markers of `eval.uncertainty_language` for a task that offers texts and marker
+    lists (sciqa); None otherwise. An unknown language is a ConfigError: call it before long work."""
+    if not callable(getattr(task, "completion_text", None)) or not callable(getattr(task, "uncertainty_markers",
+                                                                                    None)):
+        return None
+    return task.uncertainty_markers(eval_cfg.uncertainty_language)
+
+
 def prompt_rows(policy, task, prompts, n, temperature, generator, batch_size, desc="eval", quiet=True,
-                diversity=None, r: int = 0) -> list[dict]:
+                diversity=None, r: int = 0, markers=None) -> list[dict]:
     """Per-prompt metrics of n samples each (pass@k, diversity, token entropy); with `diversity`
     (see `text_diversity`), also the diversity of the prompt's correct answers as text; with r > 0,
-    the accuracy-free counts among r correct samples (`metrics.distinct_among`)."""
+    the accuracy-free counts among r correct samples (`metrics.distinct_among`); with `markers` (see
+    `uncertainty_markers`), the uncertainty-marker rate and length of all its responses."""
     ro = generate(policy, task, prompts, n, temperature, generator, batch_size, desc, quiet)
     tokens, ent = ro.tokens.numpy(), ro.token_entropy.numpy()
     ks = ks_up_to(n)
@@ -84,6 +97,9 @@ def prompt_rows(policy, task, prompts, n, temperature, generator, batch_size, de
         good = ro.labels[sl][ro.correct[sl]]
         if diversity is not None:
             row.update(diversity([task.completion_text(t) for t in tokens[sl][ro.correct[sl]]]))
+        if markers is not None:
+            row.update(marker_stats([task.completion_text(t) for t in tokens[sl]], markers,
+                                    ro.mask[sl].sum(-1).numpy()))
         row["label_counts"] = {str(k): int(v) for k, v in zip(*np.unique(good, return_counts=True))}
         rows.append(row)
     return rows
@@ -96,12 +112,12 @@ def evaluate_rows(policy, task, eval_cfg, generator, quiet: bool = True, referen
     ID rows also carry the ratio test's per-prompt sums (`metrics.ratio`), from exact scoring (no
     sampling, so the samples are those of an evaluation without it)."""
     out = {}
-    diversity = text_diversity(task, eval_cfg)
+    diversity, markers = text_diversity(task, eval_cfg), uncertainty_markers(task, eval_cfg)
     for key, split in eval_splits(task, eval_cfg).items():
         prompts = split_prompts(task, split, eval_cfg.max_prompts)
         out[key] = prompt_rows(policy, task, prompts, eval_cfg.samples, eval_cfg.temperature, generator,
                                eval_cfg.batch_size, desc=f"eval {split}", quiet=quiet, diversity=diversity,
-                               r=eval_cfg.diversity_r)
+                               r=eval_cfg.diversity_r, markers=markers)
         if key == "id" and reference is not None and eval_cfg.ratio_test:
             for row, stats in zip(out[key], ratio_rows(policy, prompts, reference, eval_cfg)):
                 row.update(stats)
@@ -271,6 +287,7 @@ def evaluate_checkpoint(ckpt, out: str | Path | None = None, overrides=(), seed:
     check_decided_by_checkpoint(meta, cfg, folder)  # a model is evaluated on its own task, as it is
     task = make_task(cfg.task)
     text_diversity(task, cfg.eval)  # a bad embedder setting fails before the model loads
+    uncertainty_markers(task, cfg.eval)  # and so does an unknown marker language
     policy, meta = load_policy(folder, device_for(cfg.device))
     res = {"method": meta.get("method"), "checkpoint": str(ckpt), "seed": seed, "task": C.to_dict(cfg.task),
            "overrides": list(overrides), **evaluate(policy, task, cfg.eval, seed, quiet)}

@@ -34,6 +34,7 @@ from mitigate.recipes.common import (
     check_decided_by_checkpoint,
     check_same_config,
     default_jobs,
+    external_teacher,
     finished_run,
     note_resume,
     run_in_pool,
@@ -48,6 +49,7 @@ from mitigate.recipes.evaluate import (
     rows_from_record,
     split_prompts,
     text_diversity,
+    uncertainty_markers,
 )
 from mitigate.recipes.pretrain import pretrain
 from mitigate.recipes.train import train
@@ -145,6 +147,7 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
     seeds = list(cfg.reproduce.seeds)
     task = make_task(cfg.task)
     text_diversity(task, cfg.eval)  # text tasks: the embedder loads (or fails) before any work
+    uncertainty_markers(task, cfg.eval)  # and the marker list of eval.uncertainty_language
     try:
         controls = [sharpened(t) for t in cfg.reproduce.sharpening] if "base" in methods else []
         strata = check_strata(cfg.reproduce.strata)
@@ -154,6 +157,11 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
         raise C.ConfigError(str(e)) from e
     device = device_for(cfg.device)  # evaluation runs here; training places itself (accelerate)
     jobs = default_jobs(jobs, device.type)
+    for m, c in method_cfgs.items():  # every external teacher found and compatible before any work
+        try:
+            external_teacher(c, record=False)
+        except C.ConfigError as e:
+            raise C.ConfigError(f"method '{m}': {e}") from e
     if base is not None:
         base_ckpt = resolve_checkpoint(base)
         base_policy, meta = load_policy(base_ckpt, device)

@@ -17,10 +17,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from mitigate.core.fields import ConfigError
 from mitigate.core.registry import Registry
 
 TASKS = Registry("task")
 register_task = TASKS.register
+
+# What the self-teacher may see besides the prompt (`teacher_context` of SDSD-family configs), richest
+# first: the whole demonstration, its first j tokens, its answer only, its answer plus the verifier's
+# verdict on the rollout being scored, nothing (the plain prompt). `none` needs no task support; a
+# task offers the others by listing them in `teacher_contexts` and accepting `kind` in `teacher_context`.
+CONTEXT_KINDS = ("full", "partial", "answer", "answer_verdict", "none")
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,14 @@ class Task(Protocol):
         completion, -1 for incorrect ones. `completions[i]` answers `prompts[i]`."""
 
     def teacher_context(self, prompt, demonstration) -> list[int]:
-        """The context under which the self-teacher sees `demonstration` before `prompt`."""
+        """The context under which the self-teacher sees `demonstration` before `prompt` (kind `full`).
+
+        A task that offers more context kinds (`CONTEXT_KINDS`) lists them in a `teacher_contexts`
+        attribute and accepts, after these two arguments, `kind` (default "full": exactly this
+        context), `rollout_correct` (the verifier's verdict on the rollout the teacher scores, for
+        `answer_verdict`) and the settings `context_tokens` / `context_fraction` (`partial`: the first
+        j tokens, `partial_length`); for a kind it does not offer it raises `context_not_offered`.
+        The graph and sciqa tasks are the examples."""
 
     def rollout_features(self, completions: np.ndarray, labels: np.ndarray, label_weight: float) -> np.ndarray:
         """[N, d] features for comparing completions (the `ot` regularizer's cost)."""
@@ -72,6 +86,29 @@ class Task(Protocol):
 # Optional, for tasks whose correct set is enumerable (the graph task; the ratio test needs it):
 #     def correct_completions(self, prompt) -> tuple[np.ndarray, np.ndarray]:
 #         """(tokens [P, T] of every completion the verifier accepts, EOS included; labels [P])."""
+
+
+def offered_contexts(task) -> tuple[str, ...]:
+    """The context kinds `task` builds: its `teacher_contexts` (`full` at least), plus `none`, which
+    is the plain prompt and needs nothing from the task."""
+    return tuple(dict.fromkeys([*getattr(task, "teacher_contexts", ("full",)), "none"]))
+
+
+def context_not_offered(task, kind: str) -> ConfigError:
+    """The error for a teacher context kind `task` does not build (raise it)."""
+    name = getattr(task, "name", type(task).__name__)
+    if kind not in CONTEXT_KINDS:
+        return ConfigError(f"unknown teacher_context '{kind}'; allowed: {', '.join(CONTEXT_KINDS)}")
+    return ConfigError(f"task '{name}' does not offer teacher_context '{kind}'; it offers: "
+                       f"{', '.join(offered_contexts(task))}")
+
+
+def partial_length(n: int, context_tokens: int = 0, context_fraction: float = 0.5) -> int:
+    """j, the demonstration tokens a `partial` context keeps of n: `context_tokens` when > 0 (at most
+    n), else floor(context_fraction * n)."""
+    if context_tokens > 0:
+        return min(int(context_tokens), n)
+    return int(np.floor(context_fraction * n + 1e-9))
 
 
 def make_task(params) -> Task:

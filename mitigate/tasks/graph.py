@@ -23,7 +23,7 @@ from functools import cached_property
 import numpy as np
 
 from mitigate.core.fields import Section, opt
-from mitigate.tasks.base import Vocab, register_task
+from mitigate.tasks.base import Vocab, context_not_offered, partial_length, register_task
 
 PAD, BOS, EOS, SEP, DEMO = 0, 1, 2, 3, 4
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>", "<demo>")
@@ -366,9 +366,28 @@ class GraphTask:
                           np.sqrt((1 - concept_weight) / (2 * self.params.max_path_len)) * counts])
 
     # ------------------------------------------------------------------ contexts
-    def teacher_context(self, prompt: Prompt, demonstration: list[int] | np.ndarray) -> list[int]:
-        """The pretraining demonstration format: `DEMO y* SEP s g SEP` (y* without its EOS)."""
+    # context kinds the self-teacher may see (`tasks.base.CONTEXT_KINDS`; `none` is the plain prompt).
+    # Not `answer_verdict`: the vocabulary has no token for a verdict, and pretraining never showed one.
+    teacher_contexts = ("full", "partial", "answer")
+    ANSWER_NODES = 2  # `answer`: the path's goal-side end, its exit node (which names the concept) and g
+
+    def teacher_context(self, prompt: Prompt, demonstration: list[int] | np.ndarray, kind: str = "full",
+                        rollout_correct: bool | None = None, context_tokens: int = 0,
+                        context_fraction: float = 0.5) -> list[int]:
+        """The pretraining demonstration format `DEMO y* SEP s g SEP` (y* without its EOS) with what
+        `kind` keeps of y*: `full` all of it; `partial` its first j nodes (`tasks.base.partial_length`:
+        `context_tokens`, or floor(`context_fraction` x its length)); `answer` its goal-side end, the
+        last `ANSWER_NODES` nodes (exit node and goal: which community the path came through and where
+        it arrived). `none` is the plain prompt, `BOS s g SEP`."""
         demo = [int(t) for t in demonstration if t != EOS and t != PAD]
+        if kind == "partial":
+            demo = demo[:partial_length(len(demo), context_tokens, context_fraction)]
+        elif kind == "answer":
+            demo = demo[-self.ANSWER_NODES:]
+        elif kind == "none":
+            return prompt.tokens
+        elif kind != "full":
+            raise context_not_offered(self, kind)
         return [DEMO, *demo, SEP, prompt.start, prompt.goal, SEP]
 
     # ------------------------------------------------------------------ pretraining data

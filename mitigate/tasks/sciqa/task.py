@@ -31,16 +31,18 @@ answers is measured on real texts.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import string
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
+from pathlib import Path
 
 import numpy as np
 
 from mitigate.core.fields import ConfigError, Section, opt
 from mitigate.policies.hf import load_tokenizer
-from mitigate.tasks.base import Vocab, register_task
+from mitigate.tasks.base import Vocab, context_not_offered, partial_length, register_task
 from mitigate.tasks.sciqa.answers import extract_choice
 from mitigate.tasks.sciqa.records import FORMATS, LETTERS, Record, read_records
 
@@ -57,6 +59,25 @@ STOP_TOKENS = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "
 WARMUP_ANSWERS = ["The answer is {letter}.", "<answer>{letter}</answer>",
                   "{option} is correct. <answer>{letter}</answer>", "Answer: {letter}", "\\boxed{{{letter}}}"]
 WARMUP_SLOTS = ("letter", "option")
+# What the teacher's {demonstration} slot holds for teacher_context `answer` and `answer_verdict`.
+ANSWER_TEXT = "The correct answer is {letter}) {option}."
+VERDICT_TEXT = "Your answer to this question was graded {verdict}."
+MARKERS_FILE = Path(__file__).parent / "data" / "uncertainty_markers.json"
+
+
+@cache
+def _marker_lists() -> dict:
+    return json.loads(MARKERS_FILE.read_text())
+
+
+def uncertainty_markers(language: str = "en") -> list[str]:
+    """The uncertainty markers of `language` from the bundled list (a ConfigError naming the languages
+    it has for another)."""
+    lists = {k: v for k, v in _marker_lists().items() if not k.startswith("_")}
+    if language not in lists:
+        raise ConfigError(f"no uncertainty markers for language {language!r} in '{MARKERS_FILE.name}'; it has: "
+                          f"{', '.join(sorted(lists))}")
+    return list(lists[language])
 
 
 def template_slots(template: str, where: str) -> set[str]:
@@ -266,10 +287,58 @@ class SciQATask:
         ids = ids[:stops[0]] if stops else ids
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def teacher_context(self, prompt: QAPrompt, demonstration) -> list[int]:
-        """The teacher's prompt: the demonstration's text inserted into the user turn (teacher_template).
-        Only the context is built from text; the completion the teacher scores stays as token ids."""
-        return self.render(prompt.question, prompt.options, self.completion_text(demonstration).strip())
+    # context kinds the self-teacher may see (`tasks.base.CONTEXT_KINDS`; `none` is the plain prompt)
+    teacher_contexts = ("full", "partial", "answer", "answer_verdict")
+
+    def completion_ids(self, tokens) -> list[int]:
+        """A completion's token ids before its first stop token (what `completion_text` decodes)."""
+        ids = [int(t) for t in tokens]
+        stops = [i for i, t in enumerate(ids) if t in self.stop_ids]
+        return ids[:stops[0]] if stops else ids
+
+    def answer_text(self, prompt: QAPrompt, demonstration) -> str:
+        """`ANSWER_TEXT` for the option the demonstration commits to (`extract_choice` under this
+        prompt's options; a correct demonstration's is the answer); empty when it commits to none."""
+        choice = extract_choice(self.completion_text(demonstration), prompt.options)
+        return ANSWER_TEXT.format(letter=LETTERS[choice], option=prompt.options[choice]) if choice >= 0 else ""
+
+    def teacher_context(self, prompt: QAPrompt, demonstration, kind: str = "full", rollout_correct: bool | None = None,
+                        context_tokens: int = 0, context_fraction: float = 0.5) -> list[int]:
+        """The teacher's prompt: what `kind` keeps of the demonstration, as text in the {demonstration}
+        slot of the user turn (teacher_template). Only the context is built from text; the completion
+        the teacher scores stays as token ids.
+
+            full            the demonstration's text
+            partial         the text of its first j tokens (`tasks.base.partial_length`: `context_tokens`, or
+                            floor(`context_fraction` x its tokens before the stop token))
+            answer          `ANSWER_TEXT` of the option it commits to ("The correct answer is B) ...")
+            answer_verdict  that answer, a newline, and `VERDICT_TEXT` with the verifier's verdict on the
+                            rollout being scored (`rollout_correct`: "correct" or "incorrect")
+            none            the plain student prompt"""
+        if kind == "full":
+            text = self.completion_text(demonstration).strip()
+        elif kind == "partial":
+            ids = self.completion_ids(demonstration)
+            ids = ids[:partial_length(len(ids), context_tokens, context_fraction)]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        elif kind == "answer":
+            text = self.answer_text(prompt, demonstration)
+        elif kind == "answer_verdict":
+            if rollout_correct is None:
+                raise ValueError("teacher_context 'answer_verdict' needs the verdict on the rollout (rollout_correct)")
+            verdict = VERDICT_TEXT.format(verdict="correct" if rollout_correct else "incorrect")
+            text = f"{self.answer_text(prompt, demonstration)}\n{verdict}".strip()
+        elif kind == "none":
+            return prompt.tokens
+        else:
+            raise context_not_offered(self, kind)
+        return self.render(prompt.question, prompt.options, text)
+
+    # ------------------------------------------------------------------ uncertainty markers
+    def uncertainty_markers(self, language: str = "en") -> list[str]:
+        """The uncertainty words and phrases of `language` (`data/uncertainty_markers.json`), counted in
+        responses by `metrics.uncertainty.marker_stats`."""
+        return uncertainty_markers(language)
 
     # ------------------------------------------------------------------ verifier
     def choices(self, prompts: list[QAPrompt], completions: np.ndarray) -> np.ndarray:
