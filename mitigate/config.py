@@ -145,6 +145,8 @@ class EvalConfig(Section):
                          min=0.0)
     diversity_r: int = opt(8, "accuracy-free diversity: distinct labels and outputs expected among r correct "
                               "samples per prompt (prompts with fewer than r correct are left out; 0 = off)", min=0)
+    uncertainty_language: str = opt("en", "text tasks with marker lists (sciqa): the language whose uncertainty "
+                                          "markers ('wait', 'maybe', ...) are counted in responses")
     ratio_test: bool = opt(True, "tasks with an enumerable correct set: the exact log-probabilities of every "
                                  "correct output under the base and the model, for the theory's ratio test")
 
