@@ -263,6 +263,23 @@ def demonstration_bias(policy, task, prompts, n_demos: int = 4, n: int = 64, tem
             "n_prompts": len(per_prompt), "n_demos": n_demos, "samples": n}
 
 
+# What an override of `mitigate eval` may set: the evaluation and where it runs. Every other section
+# of the checkpoint's config records how the model was made; an evaluation uses none of it.
+EVAL_OVERRIDABLE = ("eval", "device")
+
+
+def check_evaluation_overrides(overrides) -> None:
+    """Refuse an override that changes nothing an evaluation does but would be recorded in its
+    result as if it had (train.*, pretrain.*, reproduce.*, seed)."""
+    keys = [str(o).split("=", 1)[0].strip() for o in overrides]
+    idle = [k for k in keys if k.split(".")[0] not in EVAL_OVERRIDABLE]
+    if idle:
+        hint = "; the sampling seed is --seed" if any(k == "seed" for k in idle) else ""
+        raise C.ConfigError(f"mitigate eval applies only eval.* and device overrides; {', '.join(idle)} would change "
+                            f"nothing it does but be recorded as if it had (drop {'them' if len(idle) > 1 else 'it'}"
+                            f"{hint})")
+
+
 def evaluate_checkpoint(ckpt, out: str | Path | None = None, overrides=(), seed: int = 0, demo_bias: bool = False,
                         quiet: bool = False, overwrite: bool = False) -> dict:
     """`mitigate eval`: the checkpoint's own resolved config (task, eval) plus overrides. With
@@ -285,6 +302,7 @@ def evaluate_checkpoint(ckpt, out: str | Path | None = None, overrides=(), seed:
                               f"{plugin_hint(e)}") from e
     cfg = C.from_dict(meta["config"], list(overrides))
     check_decided_by_checkpoint(meta, cfg, folder)  # a model is evaluated on its own task, as it is
+    check_evaluation_overrides(overrides)
     task = make_task(cfg.task)
     text_diversity(task, cfg.eval)  # a bad embedder setting fails before the model loads
     uncertainty_markers(task, cfg.eval)  # and so does an unknown marker language

@@ -104,6 +104,16 @@ def test_eval_refuses_what_the_checkpoint_decides(capsys, smoke_base, tmp_path, 
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("override,words", [("train.lr=0.5", "train.lr would change nothing"),
+                                            ("pretrain.steps=5", "pretrain.steps would change nothing"),
+                                            ("seed=3", "the sampling seed is --seed")])
+def test_eval_refuses_settings_it_does_not_use(capsys, smoke_base, tmp_path, override, words):
+    err = one_line(run_err(capsys, ["eval", "--ckpt", str(smoke_base), "--out", str(tmp_path / "e.json"),
+                                    "--set", override]))
+    assert "applies only eval.* and device overrides" in err and words in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_base_for_reproduce_decides_the_model(capsys, smoke_base, tmp_path):
     err = run_err(capsys, smoke("reproduce", tmp_path / "out", "model.n_embd=64", "reproduce.methods=[grpo]",
                                 extra=["--base", str(smoke_base)]))
