@@ -344,3 +344,15 @@ def test_paper_preset_defines_the_context_and_external_rows():
         assert name not in cfg.reproduce.methods
         objective = method_config(cfg, name).train.objective
         assert (objective.teacher_context, objective.teacher) == (kind, teacher), name
+
+
+def test_reproduce_checks_every_methods_teacher_before_any_work(checkpoints, tmp_path):
+    from mitigate.recipes.reproduce import reproduce
+
+    cfg = C.load(preset="smoke", overrides=[
+        "reproduce.methods=[grpo, opd_other]", "reproduce.seeds=[0]",
+        f"reproduce.method_configs={{opd_other: {{train.objective: {{name: sdsd, teacher: external, "
+        f"teacher_path: {checkpoints / 'other_task'}, teacher_context: none}}}}}}"])
+    with pytest.raises(ConfigError, match="method 'opd_other': external teacher .* pretrained on another task"):
+        reproduce(cfg, tmp_path / "out", quiet=True)
+    assert list(tmp_path.iterdir()) == []
