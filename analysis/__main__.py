@@ -2,6 +2,7 @@
 repository root): figures, tables and paper sources from run folders.
 
     figures DIR...              PNG + PDF beside the JSON of each run folder:
+        audit.json       -> pass_at_k, diversity (diversity among correct samples against ID pass@1)
         summary.json     -> pass_at_k, pareto (more than one method), concept_shares,
                             paired_differences (the paired block: each method minus GRPO and SDSD),
                             training_dynamics and collapse_over_training (the runs' metrics.jsonl),
@@ -54,6 +55,10 @@ def draw(folder: Path) -> list[Path]:
             written += F.plot_collapse_over_training(runs, folder / "collapse_over_training") or []
         if summary.get("sweep"):
             written += F.plot_sweep(summary, folder / "sweep")
+    if (folder / "audit.json").is_file():  # `mitigate audit`: the summary schema, every model against the base
+        audit = json.loads((folder / "audit.json").read_text())
+        written += F.plot_pass_at_k(audit, folder / "pass_at_k")
+        written += F.plot_diversity_vs_accuracy(audit, folder / "diversity") or []
     if (folder / "theory.json").is_file():
         theory = json.loads((folder / "theory.json").read_text())
         curves = theory.get("exact", {}).get("curves")
@@ -134,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.command == "readme":
         return readme(a.files, a.check, a.root)
-    bad = [d for d in a.dirs if not any((d / f).is_file() for f in ("summary.json", "theory.json"))]
+    readable = ("summary.json", "theory.json") + (("audit.json",) if a.command == "figures" else ())
+    bad = [d for d in a.dirs if not any((d / f).is_file() for f in readable)]
     for d in bad:
-        why = "does not exist" if not d.exists() else "holds neither summary.json nor theory.json"
+        why = "does not exist" if not d.exists() else f"holds none of {', '.join(readable)}"
         print(f"analysis: '{d}' {why}; give a run folder of `mitigate reproduce`, `mitigate sweep`, "
               "`mitigate table` or `mitigate theory`", file=sys.stderr)
     if bad:

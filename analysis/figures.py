@@ -291,6 +291,44 @@ def plot_pareto(summary: dict, path: str | Path, order: Sequence[str] | None = N
     return save(fig, path)
 
 
+DIVERSITY = (("concepts_at_r", "concepts among {r} correct"), ("concepts", "concepts among correct"),
+             ("semantic_clusters", "semantic clusters (correct)"), ("lexical_clusters", "lexical clusters (correct)"))
+
+
+@styled
+def plot_diversity_vs_accuracy(summary: dict, path: str | Path, order: Sequence[str] | None = None
+                               ) -> list[Path] | None:
+    """Diversity among correct samples (the first measure of DIVERSITY every method reports; the
+    accuracy-free one first) against ID pass@1, one point per method with 95% intervals: a model up
+    and to the left of the base gained accuracy by narrowing. None without a diversity measure."""
+    methods = summary["methods"]
+    key = next((k for k, _ in DIVERSITY if all(isinstance(m["id"].get(k), (int, float)) for m in methods.values())),
+               None)
+    if key is None:
+        return None
+    label = dict(DIVERSITY)[key].format(r=summary.get("diversity_r"))
+    names = method_order(summary, order)
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.6 + 0.12 * ((len(methods) + 2) // 3)), layout="constrained")
+    for name, m in methods.items():
+        if is_sharpening(name):
+            continue
+        x, y = m["id"]["pass_at_k"]["1"], m["id"][key]
+        ci = m.get("ci95", {}).get("id", {})
+        xerr = _err(x, ci["pass_at_k"]["1"]) if "pass_at_k" in ci else None
+        yerr = _err(y, ci[key]) if key in ci else None
+        style = method_style(name, names)
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=style["marker"], color=style["color"], ms=4, capsize=2,
+                    elinewidth=0.8, label=name, clip_on=False)
+    ax.set_xlabel("ID pass@1")
+    ax.set_ylabel(label)
+    ax.set_title("diversity against accuracy\nbars: 95% intervals")
+    ax.margins(0.15)
+    cap_at_one(ax)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=FONT_SIZE - 1)
+    return save(fig, path)
+
+
 PAIRED_REFS = ("grpo", "sdsd")  # the references of the headline figure, in this order
 
 
