@@ -24,6 +24,9 @@ def import_plugin(spec: str):
     that does not import (syntax error, an exception, a name registered twice) is a `ConfigError`
     saying why, in one line."""
     path = Path(spec)
+    if not spec.strip() or (spec.startswith(".") and not spec.endswith(".py") and not path.is_file()):
+        raise ConfigError(f"--import needs a module name (e.g. my_plugins.terms) or the path of a .py file, got "
+                          f"{spec!r}")
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"--import: no such file '{spec}'")

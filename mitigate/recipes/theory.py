@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mitigate import config as C
 from mitigate.core.io import run_folder, write_json, write_text
-from mitigate.policies import load_policy
+from mitigate.policies import load_policy, resolve_checkpoint
 from mitigate.tasks import make_task
 from mitigate.theory import theory_report
 
@@ -62,6 +62,11 @@ def run_theory(out: Path, ckpt: str | None = None, sdsd_runs: list[str] = (), qu
                n_prompts: int = 24, overwrite: bool = False) -> dict:
     """theory.json (numbers and curves), theory.md and, with a checkpoint, the network probe
     (probe_rows.json, probe.md). Figures: `python -m analysis figures OUT`."""
+    if sdsd_runs and not ckpt:
+        raise C.ConfigError("--sdsd needs --ckpt BASE: the measured concept shift of an SDSD run is relative to "
+                            "the base model it was trained from")
+    for run in [ckpt, *sdsd_runs] if ckpt else []:
+        resolve_checkpoint(run)  # a path that holds no checkpoint is refused before any work
     inputs = [ckpt, *sdsd_runs] if ckpt else list(sdsd_runs)
     with run_folder(out, overwrite, inputs=inputs) as tmp:
         result = {"exact": theory_report(tmp)}

@@ -216,6 +216,24 @@ def test_a_plugin_that_does_not_import(capsys, tmp_path, source, words):
     assert os.listdir(tmp_path) == ["plugin.py"]
 
 
+@pytest.mark.parametrize("spec", ["", ".", "  "])
+def test_an_import_that_names_nothing(capsys, tmp_path, spec):
+    err = one_line(run_err(capsys, smoke("pretrain", tmp_path / "out", extra=["--import", spec])))
+    assert "--import needs a module name" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_theory_sdsd_runs_are_checked(capsys, smoke_base, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    err = one_line(run_err(capsys, ["theory", "--out", str(tmp_path / "t"), "--quiet", "--sdsd", str(smoke_base)]))
+    assert "--sdsd needs --ckpt BASE" in err
+    err = one_line(run_err(capsys, ["theory", "--out", str(tmp_path / "t"), "--quiet", "--ckpt", str(smoke_base),
+                                    "--sdsd", str(a_file)]))
+    assert "no checkpoint in" in err and "notes.txt" in err
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
 def test_evaluating_a_plugin_run_without_its_import(capsys, ckpt_copy, tmp_path):
     meta = json.loads((ckpt_copy / "mitigate.json").read_text())
     meta["config"]["train"]["regularizers"] = [{"name": "my_plugin_term", "coef": 0.1}]
