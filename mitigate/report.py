@@ -387,9 +387,11 @@ def combine_summaries(paths: list[str | Path], shared_only: bool = False) -> dic
     if differ and not shared_only:
         shown = "; ".join(f"{k}: " + ", ".join(f"{v!r} in '{src}'" for src, v in by.items())
                           for k, by in differ.items())
+        pool = "; folders that differ only in task.seed are pooled with --pool-tasks" if set(differ) == {"task.seed"} \
+            else ""
         raise ConfigError(f"the summaries were evaluated with different settings ({shown}), so their numbers do not "
                           "compare; evaluate them alike, or pass --shared-only to show only the metrics every one "
-                          "reports, with the settings of each")
+                          f"reports, with the settings of each{pool}")
     for s in summaries:
         merged.setdefault("preset", s["preset"])
         merged["wall_seconds"] = merged.get("wall_seconds", 0.0) + s.get("wall_seconds", 0.0)

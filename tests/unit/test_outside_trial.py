@@ -140,7 +140,8 @@ def drop_pass_at(tree, k: str):
     return tree
 
 
-def summary_folder(root: Path, name: str, method: str, samples: int, temperature: float = 1.0) -> Path:
+def summary_folder(root: Path, name: str, method: str, samples: int, temperature: float = 1.0,
+                   task_seed: int = 0) -> Path:
     """A run folder holding one method of the smoke reference summary, as if evaluated with n =
     `samples` (its columns above n removed) at `temperature`."""
     ref = json.loads(FIXTURE.read_text())
@@ -154,7 +155,7 @@ def summary_folder(root: Path, name: str, method: str, samples: int, temperature
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps(summary))
     (folder / "config.yaml").write_text(f"eval:\n  samples: {samples}\n  temperature: {temperature}\n"
-                                        "  batch_size: 64\n")
+                                        f"  batch_size: 64\ntask:\n  name: graph\n  seed: {task_seed}\n")
     return folder
 
 
@@ -168,7 +169,10 @@ def test_table_refuses_summaries_evaluated_differently(capsys, tmp_path):
     c = summary_folder(tmp_path, "t07", "sdsd_cmi", 8, temperature=0.7)
     err = run_err(capsys, ["table", str(a), str(c), "--out", str(tmp_path / "t")])
     assert "eval.temperature: 1.0 in" in err and "eval.samples" not in err and "batch_size" not in err
-    assert sorted(os.listdir(tmp_path)) == ["n4", "n8", "t07"]
+    d = summary_folder(tmp_path, "task1", "sdsd_marginal", 8, task_seed=1)
+    err = run_err(capsys, ["table", str(a), str(d), "--out", str(tmp_path / "t")])
+    assert "task.seed: 0 in" in err and "pooled with --pool-tasks" in err
+    assert sorted(os.listdir(tmp_path)) == ["n4", "n8", "t07", "task1"]
 
 
 def test_table_shared_only_shows_what_every_summary_reports(capsys, tmp_path):
