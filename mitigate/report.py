@@ -106,9 +106,11 @@ def ranking_table(summary: dict) -> str:
     cols = [c for c in criteria(summary) if c[0] not in skip]
     head = ["rank", "method", "mean rank", "pass@1 rank", "diversity rank"] + [c for c, _, _ in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, (name, r) in enumerate(ranking.items(), 1):
+    printed = {name: f"{r['mean rank']:.2f}" for name, r in ranking.items()}
+    for name, r in ranking.items():
         ci = r.get("mean rank ci95")
-        cells = [str(i), name, f"{r['mean rank']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
+        place = 1 + sum(float(v) < float(printed[name]) for v in printed.values())  # ties share a place: 1, 2, 2, 4
+        cells = [str(place), name, f"{r['mean rank']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
                  f"{r['pass@1 rank']:g}", f"{r['diversity rank']:g}"]
         for label, split, k in cols:
             mean, c = value(summary["methods"][name], split, k)
@@ -284,10 +286,11 @@ def report_markdown(summary: dict) -> str:
                   "", ranking_table(summary), ""]
     if "pooled_task_seeds" in summary:
         parts += ["## Per task seed", "", per_task_table(summary), ""]
-    parts += ["## Figures", "", "Drawn from summary.json by `python -m analysis figures <this folder>` "
-              "(`make reproduce` runs it):", "", "![pass@k](pass_at_k.png)", ""]
-    if "ranking" in summary:
-        parts += ["![pareto](pareto.png)", ""]
+    # named, not linked: this file is written before any figure exists (`mitigate reproduce` draws none)
+    drawn = ["pass_at_k"] + (["pareto"] if "ranking" in summary else [])
+    parts += ["## Figures", "", "Not drawn by this command: `mitigate-analysis figures <this folder>` (`make "
+              "reproduce` runs it) writes " + ", ".join(f"`{f}.png`" for f in drawn) + " and the others its "
+              "data supports beside this file, each also as PDF.", ""]
     return "\n".join(parts)
 
 
