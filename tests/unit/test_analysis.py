@@ -279,4 +279,4 @@ def test_tied_mean_ranks_share_a_place_and_the_report_links_no_undrawn_figure():
     places = [line.split("|")[1].strip() for line in ranking_table(s).splitlines()[2:]]
     assert places[:3] == ["1", "1", "3"]
     md = report_markdown(s)
-    assert "![" not in md and "python -m analysis figures" in md
+    assert "![" not in md and "mitigate-analysis figures" in md
