@@ -370,13 +370,17 @@ def check_strata(strata: dict) -> dict[str, dict]:
             raise C.ConfigError(f"reproduce.strata.{name} must be a mapping with keys among "
                                 f"{', '.join(STRATUM_FIELDS)}, got {spec!r}")
         spec = {**STRATUM_FIELDS, **spec}
-        if not (0.0 <= spec["low"] < spec["high"] <= 1.0):
-            raise C.ConfigError(f"reproduce.strata.{name}: need 0 <= low < high <= 1, "
-                                f"got {spec['low']}, {spec['high']}")
-        if isinstance(spec["samples"], bool) or not isinstance(spec["samples"], int) or spec["samples"] < 1:
-            raise C.ConfigError(f"reproduce.strata.{name}.samples must be an integer >= 1, got {spec['samples']!r}")
-        if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int) or spec["seed"] < 0:
-            raise C.ConfigError(f"reproduce.strata.{name}.seed must be an integer >= 0, got {spec['seed']!r}")
+        bounds = [spec[k] for k in ("low", "high")]
+        if any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in bounds) or \
+                not (0.0 <= spec["low"] < spec["high"] <= 1.0):
+            raise C.ConfigError(f"reproduce.strata.{name}: need numbers 0 <= low < high <= 1, "
+                                f"got {spec['low']!r}, {spec['high']!r}")
+        if isinstance(spec["samples"], bool) or not isinstance(spec["samples"], int) or \
+                not 1 <= spec["samples"] <= C.MAX_SAMPLES:
+            raise C.ConfigError(f"reproduce.strata.{name}.samples must be an integer >= 1 and <= {C.MAX_SAMPLES}, "
+                                f"got {spec['samples']!r}")
+        if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int) or not 0 <= spec["seed"] < 2**32:
+            raise C.ConfigError(f"reproduce.strata.{name}.seed must be an integer in [0, 2**32), got {spec['seed']!r}")
         out[name] = spec
     return out
 

@@ -313,6 +313,16 @@ def test_settings_that_size_memory_are_bounded(capsys, smoke_base, tmp_path, set
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("stratum,words", [
+    ("{hard: {low: abc}}", "need numbers 0 <= low < high <= 1"),
+    ("{hard: {samples: 1000000000}}", "samples must be an integer >= 1 and <= 65536"),
+])
+def test_strata_settings_are_checked(capsys, tmp_path, stratum, words):
+    err = one_line(run_err(capsys, smoke("reproduce", tmp_path / "out", f"reproduce.strata={stratum}")))
+    assert words in err
+    assert os.listdir(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------- strict JSON
 
 def test_json_records_are_strict_null_for_not_finite(tmp_path):
