@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
         prog="mitigate",
         description="Reproduce and mitigate the diversity collapse of self-distillation with sampled demonstrations "
                     "(SDSD), set against RL, and rank mitigations on pass@k and OOD accuracy. Commands: pretrain, "
-                    "train, eval, reproduce, sweep, table, theory.",
+                    "train, eval, reproduce, sweep, table, theory, audit.",
         epilog="`mitigate COMMAND --help` lists a command's options. Exit status: 0 done, 2 bad input (nothing "
                "written), 3 a run stopped on a non-finite value, 130 interrupted.")
     ap.add_argument("--version", action="version", version=f"mitigate {_version()}")
@@ -126,6 +126,19 @@ def parser() -> argparse.ArgumentParser:
     _common(p, config=False, out_help="output folder")
     p.add_argument("--ckpt", help="also probe this trained base model (run folder)")
     p.add_argument("--sdsd", nargs="*", default=[], help="SDSD run folders for the measured concept shift")
+
+    p = sub.add_parser("audit", help="compare checkpoints of one task, from any trainer, with their base: pass@k, "
+                                     "diversity, OOD, paired intervals, a verdict -> audit.json, audit.md, figures")
+    _common(p, out_help="output folder (audit.json, audit.md and the figures)")
+    p.add_argument("--base", required=True, help="the base: a run or checkpoint folder of this package, or a Hugging "
+                                                 "Face model folder (then --preset/--config names the task)")
+    p.add_argument("--model", dest="models", action="append", required=True, metavar="CKPT",
+                   help="a post-trained checkpoint of the same task and vocabulary (repeatable)")
+    p.add_argument("--name", dest="names", action="append", metavar="NAME",
+                   help="the row name of each --model, in order (default: its folder name)")
+    p.add_argument("--samples", type=int, help="samples per prompt (default: eval.samples)")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed (the same samples as a reproduce run's seed)")
+    p.add_argument("--k", type=int, help="the pass@k of the verdicts (default: the largest the samples allow)")
     return ap
 
 
@@ -254,6 +267,21 @@ def _dispatch(args) -> int:
         else:
             out = write_combined(args.summaries, Path(args.out), overwrite=args.overwrite, shared_only=args.shared_only)
             print(f"combined table written to {out / 'summary.md'}")
+    elif args.command == "audit":
+        from mitigate.recipes.audit import audit
+
+        overrides = list(args.overrides) + ([f"eval.samples={args.samples}"] if args.samples is not None else [])
+        res = audit(args.base, args.models, Path(args.out), args.names, args.preset, args.config, overrides,
+                    args.seed, args.k, args.overwrite, args.quiet)
+        for text in res["verdicts"].values():
+            print(text)
+        try:  # the figures come from analysis/, installed with the package as mitigate-analysis
+            from analysis.__main__ import draw
+        except ImportError:
+            print(f"audit written to {args.out}; figures: mitigate-analysis figures {args.out}")
+        else:
+            draw(Path(args.out))
+            print(f"audit written to {Path(args.out) / 'audit.md'}, figures beside it")
     elif args.command == "theory":
         from mitigate.recipes.theory import run_theory
 

@@ -84,3 +84,23 @@ def test_audit_compares_two_hugging_face_folders_on_sciqa_smoke(tmp_path):
     assert got["methods"]["other_init"]["id"]["pass_at_k"].keys() == {"1", "2", "4"}
     assert got["checkpoints"] == {"base": str(a), "other_init": str(b)}
     assert "other_init against the base" in got["verdicts"]["other_init"]
+
+
+def test_cli_audit_prints_verdicts_draws_figures_and_exits_2_on_bad_input(compared, smoke_base, tmp_path, capsys):
+    from mitigate import cli
+
+    out = tmp_path / "cli"
+    assert cli.main(["audit", "--base", str(smoke_base), "--model", str(compared / "sdsd-seed0"), "--name", "sdsd",
+                     "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "sdsd against the base: pass@1" in printed
+    assert all((out / f).is_file() for f in ("audit.json", "audit.md", "pass_at_k.png", "diversity.pdf"))
+    for argv, words in (
+        (["--model", str(tmp_path / "nope")], "does not exist"),
+        (["--model", str(compared / "sdsd-seed0"), "--k", "64"], "--k 64 is outside"),
+        (["--model", str(compared / "sdsd-seed0"), "--samples", "0"], "--samples must be >= 1"),
+    ):
+        bad = tmp_path / "bad"
+        assert cli.main(["audit", "--base", str(smoke_base), *argv, "--out", str(bad), "--quiet"]) == 2
+        assert words in capsys.readouterr().err
+        assert not bad.exists() and not (tmp_path / "bad.partial").exists()
