@@ -307,6 +307,11 @@ def check_methods(cfg: C.Config) -> None:
     bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
     if bad or len(set(seeds)) != len(seeds):
         raise C.ConfigError(f"reproduce.seeds must be distinct integers >= 0, got {seeds!r}")
+    alphas = cfg.reproduce.interpolation
+    if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1 for a in alphas) or \
+            len(set(alphas)) != len(alphas):
+        raise C.ConfigError("reproduce.interpolation must list distinct weights alpha in (0, 1) (a weaker update "
+                            f"theta_base + alpha (theta_trained - theta_base)), got {alphas!r}")
     temps = cfg.reproduce.sharpening
     if temps:
         bad = [t for t in temps if isinstance(t, bool) or not isinstance(t, (int, float))

@@ -323,6 +323,13 @@ def test_strata_settings_are_checked(capsys, tmp_path, stratum, words):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("alphas", ["[abc]", "[2.5]", "[0.5, 0.5]"])
+def test_interpolation_weights_are_checked(capsys, tmp_path, alphas):
+    err = one_line(run_err(capsys, smoke("reproduce", tmp_path / "out", f"reproduce.interpolation={alphas}")))
+    assert "reproduce.interpolation must list distinct weights alpha in (0, 1)" in err
+    assert os.listdir(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------- strict JSON
 
 def test_json_records_are_strict_null_for_not_finite(tmp_path):
