@@ -121,6 +121,15 @@ def test_a_base_for_reproduce_decides_the_model(capsys, smoke_base, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_method_of_reproduce_cannot_change_the_shared_base(capsys, tmp_path):
+    err = one_line(run_err(capsys, smoke("reproduce", tmp_path / "out", "reproduce.methods=[wide]",
+                                         "reproduce.method_configs={wide: {train.objective: {name: grpo}, "
+                                         "model.n_embd: 64}}")))
+    assert "reproduce.method_configs.wide changes what the shared base model decides" in err
+    assert "model.n_embd: 32 -> 64" in err
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.xfail(strict=True, reason="needs recipes/train.py to call recipes.common.check_decided_by_checkpoint "
                                        "(in place of its same_task check); remove this mark once it does")
 def test_train_refuses_what_the_checkpoint_decides(capsys, smoke_base, tmp_path):
