@@ -156,6 +156,17 @@ def check_decided_by_checkpoint(meta: dict, cfg: C.Config, ckpt) -> None:
                             "overrides (another model needs its own base: `mitigate pretrain`)")
 
 
+def check_methods_share_the_base(cfg: C.Config, method_cfgs: dict[str, C.Config], where: str) -> None:
+    """Refuse a method whose task or model differs from `cfg`'s: every method of a comparison or
+    sweep trains from the one base, so its run would record a model it did not train."""
+    for m, c in method_cfgs.items():
+        diff = [f"{s}.{d}" for s in CHECKPOINT_SECTIONS
+                for d in differences(C.to_dict(getattr(cfg, s)), C.to_dict(getattr(c, s)))]
+        if diff:
+            raise C.ConfigError(f"{where}.{m} changes what the shared base model decides ({'; '.join(diff[:8])}); "
+                                "methods of one comparison share the base's task and model")
+
+
 def config_differences(saved: dict, cfg: C.Config) -> list[str]:
     """'key: old -> new' for every setting of `cfg` that differs from a saved resolved config,
     leaving out the settings a resume may change (`core.resume.RESUME_MUTABLE`)."""

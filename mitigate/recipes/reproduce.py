@@ -30,9 +30,9 @@ from mitigate.metrics.summary import frontier_gaps, ratio_block, summarize
 from mitigate.objectives import OBJECTIVES
 from mitigate.policies import load_policy, resolve_checkpoint
 from mitigate.recipes.common import (
-    CHECKPOINT_SECTIONS,
     cell_threads,
     check_decided_by_checkpoint,
+    check_methods_share_the_base,
     check_same_config,
     default_jobs,
     external_teacher,
@@ -163,12 +163,7 @@ def _reproduce(cfg: C.Config, out, overwrite: bool, quiet: bool, base, resume: b
             external_teacher(c, record=False)
         except C.ConfigError as e:
             raise C.ConfigError(f"method '{m}': {e}") from e
-    for m, c in method_cfgs.items():  # every method trains from the one base: its task and model are the base's
-        diff = [f"{s}.{d}" for s in CHECKPOINT_SECTIONS
-                for d in checkpointing.differences(C.to_dict(getattr(cfg, s)), C.to_dict(getattr(c, s)))]
-        if diff:
-            raise C.ConfigError(f"reproduce.method_configs.{m} changes what the shared base model decides "
-                                f"({'; '.join(diff[:8])}); methods of one comparison share the base's task and model")
+    check_methods_share_the_base(cfg, method_cfgs, "reproduce.method_configs")
     if base is not None:
         base_ckpt = resolve_checkpoint(base)
         base_policy, meta = load_policy(base_ckpt, device)

@@ -47,7 +47,13 @@ from mitigate.core.tracking import parse_report_to
 from mitigate.metrics.ranking import rank_methods, saturated_columns
 from mitigate.metrics.summary import summarize
 from mitigate.policies import checkpoint_meta, load_policy, resolve_checkpoint
-from mitigate.recipes.common import cell_threads, check_decided_by_checkpoint, default_jobs, run_in_pool
+from mitigate.recipes.common import (
+    cell_threads,
+    check_decided_by_checkpoint,
+    check_methods_share_the_base,
+    default_jobs,
+    run_in_pool,
+)
 from mitigate.recipes.evaluate import rows_from_record
 from mitigate.recipes.pretrain import pretrain
 from mitigate.recipes.reproduce import budget, evaluate_and_record, mean_budget, method_config
@@ -144,6 +150,7 @@ class Sweep:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(isinstance(s, int) for s in self.seeds):
             raise C.ConfigError(f"reproduce.seeds must be distinct integers, got {self.seeds}")
         self.method_cfgs = {m: method_config(cfg, m) for m in self.trained}
+        check_methods_share_the_base(cfg, self.method_cfgs, "reproduce.method_configs")
         self.cell_cfgs = {cell_name(m, s): C.with_overrides(self.method_cfgs[m], {"seed": s})
                           for m in self.trained for s in self.seeds}
         self.cells = {cell_name(m, s): (m, s) for m in self.trained for s in self.seeds}
@@ -151,8 +158,7 @@ class Sweep:
         if base is not None:
             self.base_ckpt = resolve_checkpoint(base)
             meta = checkpoint_meta(self.base_ckpt)
-            for c in [cfg, *self.method_cfgs.values()]:  # every cell records the base's task and model as its own
-                check_decided_by_checkpoint(meta, c, base)
+            check_decided_by_checkpoint(meta, cfg, base)  # and so every cell's (checked above)
         else:
             self.base_ckpt = self.out / BASE / "checkpoint"
         self.base_arg = str(base) if base is not None else None

@@ -121,13 +121,18 @@ def test_a_base_for_reproduce_decides_the_model(capsys, smoke_base, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_method_of_reproduce_cannot_change_the_shared_base(capsys, tmp_path):
-    err = one_line(run_err(capsys, smoke("reproduce", tmp_path / "out", "reproduce.methods=[wide]",
-                                         "reproduce.method_configs={wide: {train.objective: {name: grpo}, "
-                                         "model.n_embd: 64}}")))
-    assert "reproduce.method_configs.wide changes what the shared base model decides" in err
-    assert "model.n_embd: 32 -> 64" in err
-    assert os.listdir(tmp_path) == []
+def test_a_method_of_reproduce_or_sweep_cannot_change_the_shared_base(capsys, tmp_path):
+    sets = ["reproduce.methods=[wide]", "reproduce.method_configs={wide: {train.objective: {name: grpo}, "
+                                        "model.n_embd: 64}}"]
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("preset: smoke\nreproduce:\n  seeds: [0]\n")
+    as_flags = [a for s in sets for a in ("--set", s)]
+    for argv in (smoke("reproduce", tmp_path / "out", *sets),
+                 ["sweep", str(grid), "--out", str(tmp_path / "out"), "--quiet", *as_flags]):
+        err = one_line(run_err(capsys, argv))
+        assert "reproduce.method_configs.wide changes what the shared base model decides" in err
+        assert "model.n_embd: 32 -> 64" in err
+    assert os.listdir(tmp_path) == ["grid.yaml"]
 
 
 @pytest.mark.xfail(strict=True, reason="needs recipes/train.py to call recipes.common.check_decided_by_checkpoint "
