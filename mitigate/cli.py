@@ -275,13 +275,16 @@ def _dispatch(args) -> int:
                     args.seed, args.k, args.overwrite, args.quiet)
         for text in res["verdicts"].values():
             print(text)
-        try:  # the figures come from analysis/, installed with the package as mitigate-analysis
-            from analysis.__main__ import draw
-        except ImportError:
-            print(f"audit written to {args.out}; figures: mitigate-analysis figures {args.out}")
-        else:
-            draw(Path(args.out))
-            print(f"audit written to {Path(args.out) / 'audit.md'}, figures beside it")
+        # the figures come from analysis/ (installed as mitigate-analysis), which the library never
+        # imports: run it as `make reproduce` does, in its own process
+        import subprocess
+
+        drawn = subprocess.run([sys.executable, "-m", "analysis", "figures", str(args.out)], capture_output=True,
+                               text=True)
+        where = f"audit written to {Path(args.out) / 'audit.md'}"
+        print(f"{where}, figures beside it" if drawn.returncode == 0 else
+              f"{where}; no figures ({drawn.stderr.strip().splitlines()[-1] if drawn.stderr.strip() else 'failed'}): "
+              f"mitigate-analysis figures {args.out}")
     elif args.command == "theory":
         from mitigate.recipes.theory import run_theory
 

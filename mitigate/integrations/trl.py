@@ -32,6 +32,7 @@ from transformers import Trainer, TrainerCallback
 from mitigate import config as C
 from mitigate.core.seeding import torch_stream
 from mitigate.objectives.grpo_unlikely import unlikeliness_rewards
+from mitigate.policies.hf import HFConfig, HFPolicy, end_of_sequence_ids
 from mitigate.recipes.evaluate import prompt_rows, split_prompts, text_diversity
 
 PREFIX = "collapse/"
@@ -40,8 +41,6 @@ DIVERSITY = ("concepts_at_r", "concepts", "semantic_clusters", "lexical_clusters
 
 def hf_policy(model, tokenizer, eos_tokens=()):
     """The package's policy view of a trainer's (unwrapped) model and tokenizer."""
-    from mitigate.policies.hf import HFConfig, HFPolicy, end_of_sequence_ids
-
     cfg = C.build(HFConfig, {"name": "hf", "path": "", "eos_tokens": list(eos_tokens)}, "model")
     return HFPolicy(model, tokenizer, cfg, end_of_sequence_ids(tokenizer, model, cfg.eos_tokens))
 

@@ -32,6 +32,7 @@ from mitigate.core.seeding import device_for, torch_stream
 from mitigate.metrics.summary import summarize
 from mitigate.policies import load_policy
 from mitigate.policies.base import META_FILE, CheckpointError, checkpoint_meta
+from mitigate.policies.hf import HFConfig, HFPolicy
 from mitigate.recipes.common import cell_threads, check_decided_by_checkpoint, checkpoint_settings
 from mitigate.recipes.evaluate import evaluate_rows, id_split, ratio_reference, split_prompts, text_diversity
 from mitigate.report import report_markdown
@@ -79,8 +80,6 @@ def load_checkpoint(path: str | Path, cfg: C.Config, task, device):
     if not (Path(path) / "config.json").is_file():
         raise CheckpointError(f"'{path}' is neither a checkpoint of this package (mitigate.json) nor a Hugging Face "
                               "model folder (config.json)")
-    from mitigate.policies.hf import HFConfig, HFPolicy
-
     model = {k: v for k, v in C.to_dict(cfg.model).items() if k in HFConfig.__dataclass_fields__}
     return HFPolicy.build(C.build(HFConfig, {**model, "name": "hf", "path": str(path)}, "model"), task), None
 

@@ -112,14 +112,6 @@ def external_teacher(cfg: C.Config, record: bool = True) -> dict | None:
     return external_record(objective.teacher_path, C.to_dict(cfg.task), C.to_dict(cfg.model))
 
 
-def same_task(checkpoint_task: dict | None, cfg: C.Config) -> bool:
-    """Whether a checkpoint was made on this config's task (records from before the task
-    registry carry no `name`: they are graph tasks)."""
-    if checkpoint_task is None:
-        return False
-    return {"name": "graph", **checkpoint_task} == C.to_dict(cfg.task)
-
-
 # The config sections a checkpoint decides: its task (prompts, vocabulary) and its model (name,
 # shape, and every policy setting, which `load` takes from the checkpoint's record).
 CHECKPOINT_SECTIONS = ("task", "model")

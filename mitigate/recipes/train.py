@@ -43,7 +43,14 @@ from mitigate.objectives import OBJECTIVES, Batch, Context, Teacher
 from mitigate.objectives.base import make_term
 from mitigate.ops import aggregate, k3_kl, masked_mean, reverse_kl_anchor
 from mitigate.policies import load_policy, resolve_checkpoint, scores_of
-from mitigate.recipes.common import checkpoint_record, finished_run, init_digest, note_resume, run_record, same_task
+from mitigate.recipes.common import (
+    check_decided_by_checkpoint,
+    checkpoint_record,
+    finished_run,
+    init_digest,
+    note_resume,
+    run_record,
+)
 from mitigate.regularizers import REGULARIZERS
 from mitigate.rollout import generate
 from mitigate.tasks import make_task
@@ -105,9 +112,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
     regularizers = [(make_term(REGULARIZERS.get(r.name, "train.regularizers")), r) for r in tc.regularizers]
     init_ckpt = resolve_checkpoint(init)
     policy, meta = load_policy(init_ckpt, accelerator.device)
-    if not same_task(meta.get("task"), cfg):
-        raise C.ConfigError(f"task parameters differ from those the checkpoint '{init}' was pretrained on; "
-                            "train on the same task (drop task.* overrides)")
+    check_decided_by_checkpoint(meta, cfg, init)  # task and model are the checkpoint's: an override is refused
     policy.model.train()
     # every sample, score and verifier call below is counted into the run's budget
     budget = Budget()
@@ -135,7 +140,6 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
     identity = {"kind": "train", "method": method, "config": C.to_dict(cfg), "versions": versions(),
                 "init": init_digest(init_ckpt) if tc.save_every or resume else None,
                 "prompt_order": hashlib.sha256(order.tobytes()).hexdigest()}
-    term_names = {"objective": "objective", **{f"regularizers[{i}]": r.name for i, (_, r) in enumerate(regularizers)}}
 
     parse_report_to(report_to)  # an unknown or uninstalled tracker is refused before any work
     folder = resumable_run(plan) if main else _NullFolder(partial_path(out))
@@ -204,28 +208,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                               tokens=tokens, mask=mask, rewards=correct.float(), correct=correct,
                               labels=torch.as_tensor(r.labels, device=dev),
                               scores=scores, old_token_logprobs=old, reference=ref)
-                loss, scalars = objective(batch, ctx, tc.objective)
-                values = {f"{term_names['objective']} ({tc.objective.name})": float(loss.detach())}
-                kl_base = None  # logged: the student's full-vocabulary KL to the reference, before the update
-                if tc.kl_coef > 0:  # the shared KL anchor to the frozen base, same for every objective
-                    if tc.kl_estimator == "k3":
-                        anchor = k3_kl(batch.token_logprobs(), ref.token_logprobs())
-                    else:
-                        anchor, kl_base = reverse_kl_anchor(batch.divergence(ref, "reverse_kl"),
-                                                            batch.token_logprobs(), mask)
-                    anchor = aggregate(anchor, mask, "token_mean")
-                    loss = loss + tc.kl_coef * anchor
-                    scalars["kl_anchor_loss"] = float(anchor.detach())
-                    values["kl_anchor"] = scalars["kl_anchor_loss"]
-                for i, (term, rcfg) in enumerate(regularizers):
-                    r_loss, r_scalars = term(batch, ctx, rcfg)
-                    loss = loss + rcfg.coef * r_loss
-                    scalars.update({f"{rcfg.name}/{k}": v for k, v in r_scalars.items()})
-                    scalars[f"{rcfg.name}/loss"] = float(r_loss.detach())
-                    values[f"regularizers[{i}] ({rcfg.name})"] = scalars[f"{rcfg.name}/loss"]
-                if main and kl_base is None:
-                    with torch.no_grad():
-                        kl_base = batch.divergence(ref, "reverse_kl")
+                loss, scalars, values, kl_base = step_loss(batch, ctx, objective, regularizers, tc, log_kl=main)
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 norm = None
@@ -284,6 +267,45 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                 policy.save(tmp / "checkpoint", checkpoint_record(cfg, method, policy))
     accelerator.wait_for_everyone()
     return Path(out)
+
+
+# ----------------------------------------------------------------------------- one step's algorithm
+def step_loss(batch: Batch, ctx: Context, objective, regularizers: list, tc, log_kl: bool = True
+              ) -> tuple[torch.Tensor, dict, dict, torch.Tensor | None]:
+    """The loss of one optimizer pass on one batch of rollouts, the whole algorithm of a step:
+
+        L = L_objective(batch) + kl_coef * agg_t KL(pi || p0)_t + sum_j coef_j * R_j(batch)
+
+    with the anchor KL(pi || p0) to the frozen base shared by every objective (`train.kl_estimator`:
+    the exact full-vocabulary reverse KL with its sequence-level score term, `ops.reverse_kl_anchor`,
+    or k3 on the sampled tokens). `objective` and `regularizers` are the run's terms (`make_term`) and
+    `[(term, its config)]`; `tc` the train config. Returns (loss, scalars for metrics.jsonl, the
+    values the non-finite guard checks, the per-token KL to the base [B, T] for the log, or None
+    unless `log_kl`). Pure apart from the terms' own draws from `ctx`: the loop (sampling, the
+    update, the guard, checkpoints) calls it, and so can an ablation script or a benchmark."""
+    mask, ref = batch.mask, batch.reference
+    loss, scalars = objective(batch, ctx, tc.objective)
+    values = {f"objective ({tc.objective.name})": float(loss.detach())}
+    kl_base = None
+    if tc.kl_coef > 0:
+        if tc.kl_estimator == "k3":
+            anchor = k3_kl(batch.token_logprobs(), ref.token_logprobs())
+        else:
+            anchor, kl_base = reverse_kl_anchor(batch.divergence(ref, "reverse_kl"), batch.token_logprobs(), mask)
+        anchor = aggregate(anchor, mask, "token_mean")
+        loss = loss + tc.kl_coef * anchor
+        scalars["kl_anchor_loss"] = float(anchor.detach())
+        values["kl_anchor"] = scalars["kl_anchor_loss"]
+    for i, (term, rcfg) in enumerate(regularizers):
+        r_loss, r_scalars = term(batch, ctx, rcfg)
+        loss = loss + rcfg.coef * r_loss
+        scalars.update({f"{rcfg.name}/{k}": v for k, v in r_scalars.items()})
+        scalars[f"{rcfg.name}/loss"] = float(r_loss.detach())
+        values[f"regularizers[{i}] ({rcfg.name})"] = scalars[f"{rcfg.name}/loss"]
+    if log_kl and kl_base is None:  # logged: the student's full-vocabulary KL to the reference, before the update
+        with torch.no_grad():
+            kl_base = batch.divergence(ref, "reverse_kl")
+    return loss, scalars, values, kl_base
 
 
 def check_horizons(tc) -> None:

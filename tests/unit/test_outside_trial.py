@@ -135,8 +135,6 @@ def test_a_method_of_reproduce_or_sweep_cannot_change_the_shared_base(capsys, tm
     assert os.listdir(tmp_path) == ["grid.yaml"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs recipes/train.py to call recipes.common.check_decided_by_checkpoint "
-                                       "(in place of its same_task check); remove this mark once it does")
 def test_train_refuses_what_the_checkpoint_decides(capsys, smoke_base, tmp_path):
     err = run_err(capsys, smoke("train", tmp_path / "out", "model.n_embd=64", extra=["--init", str(smoke_base)]))
     assert "model.n_embd: 32 -> 64" in err
