@@ -45,6 +45,9 @@ class GRPOConfig(Section):
     cov_kl_coef: float = opt(1.0, "KL-Cov penalty weight", min=0.0)
     aggregation: str = opt("token_mean", "how per-token losses are reduced", choices=AGGREGATIONS)
 
+    # added after results were recorded: summaries omit them at their defaults (`reproduce.objective_record`)
+    _quiet_at_default = ("clip_eps_high", "cov_clip_frac", "cov_kl_frac", "cov_kl_coef")
+
 
 def top_covariance(logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, frac: float) -> torch.Tensor:
     """[B, T] bool: the ceil(frac * n) valid tokens with the largest centred covariance

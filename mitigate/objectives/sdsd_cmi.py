@@ -93,7 +93,7 @@ class SDSDCMIConfig(Section):
 
     # see SDSDConfig: summaries omit them at defaults
     _quiet_at_default = ("demo_rule", "demo_buffer_size", "teacher_context", "context_tokens", "context_fraction",
-                         "teacher_path")
+                         "teacher_path", "weights")
 
     def validate(self) -> None:
         check_teacher_fields(self)
