@@ -5,6 +5,7 @@ repository root): figures, tables and paper sources from run folders.
         audit.json       -> pass_at_k, diversity (diversity among correct samples against ID pass@1)
         summary.json     -> pass_at_k, pareto (more than one method), concept_shares,
                             paired_differences (the paired block: each method minus GRPO and SDSD),
+                            context_richness (SDSD-family rows with two or more teacher contexts),
                             training_dynamics and collapse_over_training (the runs' metrics.jsonl),
                             sweep_<parameter> (a sweep); the sharpening rows (base@t<T>) as a
                             grey family on pass_at_k and a grey curve on pareto
@@ -49,6 +50,7 @@ def draw(folder: Path) -> list[Path]:
             written += pareto or []
         written += F.plot_concept_shares(summary, folder / "concept_shares") or []
         written += F.plot_paired_differences(summary, folder / "paired_differences") or []
+        written += F.plot_context_richness(summary, folder / "context_richness") or []
         runs = F.dynamics_of(folder, summary)
         if runs:
             written += F.plot_training_dynamics(runs, folder / "training_dynamics") or []

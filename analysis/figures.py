@@ -329,6 +329,62 @@ def plot_diversity_vs_accuracy(summary: dict, path: str | Path, order: Sequence[
     return save(fig, path)
 
 
+RICHNESS = ("none", "answer", "answer_verdict", "partial", "full")  # what the teacher sees, poorest first
+
+
+def context_rows(summary: dict) -> dict[str, list[tuple[str, str]]]:
+    """{teacher family: [(context kind, method)]} of the SDSD-family methods, from the objective
+    records of the summary's budget (a record without `teacher_context` is the full demonstration);
+    the family is the objective and the teacher's weights (self or an external checkpoint)."""
+    out: dict[str, list] = {}
+    for method, record in summary.get("budget", {}).get("objectives", {}).items():
+        if method not in summary["methods"] or "teacher" not in record:
+            continue
+        family = f"{record['name']}, {'external' if record['teacher'] == 'external' else 'self'} teacher"
+        out.setdefault(family, []).append((record.get("teacher_context", "full"), method))
+    return {f: sorted(rows, key=lambda r: RICHNESS.index(r[0])) for f, rows in out.items()
+            if len({k for k, _ in rows}) > 1}
+
+
+@styled
+def plot_context_richness(summary: dict, path: str | Path, order: Sequence[str] | None = None) -> list[Path] | None:
+    """OOD accuracy (pass@kmax, one panel per OOD split) and ID concepts against what the teacher
+    sees (none < answer < answer and verdict < partial < full demonstration), one line per teacher
+    family, 95% intervals as bars. None when no family has two context kinds."""
+    families = context_rows(summary)
+    if not families:
+        return None
+    names = method_order(summary, order)
+    first = next(iter(summary["methods"].values()))
+    panels = [(f"OOD {s} pass@{max(first['ood'][s]['pass_at_k'], key=int)}",
+               ("ood", s, "pass_at_k", max(first["ood"][s]["pass_at_k"], key=int))) for s in ood_splits(summary)]
+    concept = "concepts_at_r" if isinstance(first["id"].get("concepts_at_r"), (int, float)) else "concepts"
+    panels.append((f"ID {concept.replace('_', ' ')}", ("id", concept)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(TEXT_WIDTH if len(panels) > 1 else COLUMN_WIDTH, 2.3),
+                             squeeze=False, layout="constrained")
+    for ax, (label, key) in zip(axes[0], panels):
+        for family, rows in families.items():
+            xs, ys, errs = [], [], [[], []]
+            for kind, method in rows:
+                m = summary["methods"][method]
+                v, ci = m, m.get("ci95", {})
+                for p in key:
+                    v, ci = v[p], (ci.get(p, {}) if isinstance(ci, dict) else {})
+                xs.append(RICHNESS.index(kind))
+                ys.append(v)
+                e = _err(v, ci) if isinstance(ci, list) else [[0.0], [0.0]]
+                errs[0].append(e[0][0])
+                errs[1].append(e[1][0])
+            style = method_style(rows[-1][1], names)
+            ax.errorbar(xs, ys, yerr=errs, color=style["color"], marker=style["marker"], ms=4, capsize=2,
+                        elinewidth=0.8, lw=1.0, label=family)
+        ax.set_xticks(range(len(RICHNESS)), ["none", "answer", "answer+\nverdict", "partial", "full"])
+        ax.set_title(label)
+        ax.set_xlabel("teacher context (richer ->)")
+    legend_below(fig, *axes[0, 0].get_legend_handles_labels(), ncol=2)
+    return save(fig, path)
+
+
 PAIRED_REFS = ("grpo", "sdsd")  # the references of the headline figure, in this order
 
 

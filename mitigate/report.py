@@ -47,6 +47,11 @@ def _columns(summary: dict) -> list[tuple[str, tuple]]:
     cols += [(f"{kind} {label}", ("id", f"{kind}_{key}")) for kind in ("semantic", "lexical")
              for label, key in (("cosine distance", "cosine_distance"), ("Vendi", "vendi"), ("clusters", "clusters"))
              if f"{kind}_{key}" in first["id"]]
+    # text tasks: expressed uncertainty and length of the responses (all responses, not only correct)
+    cols += [(label, ("id", key)) for label, key in (("uncertainty markers /100 words", "uncertainty_rate"),
+                                                     ("responses with a marker", "uncertainty_share"),
+                                                     ("response words", "response_words"))
+             if key in first["id"]]
     for s in ood_splits(summary):
         top = max(first["ood"][s]["pass_at_k"], key=int)  # < 64 if n < 64
         cols += [(f"{s} pass@1", ("ood", s, "pass_at_k", "1")), (f"{s} pass@{top}", ("ood", s, "pass_at_k", top))]

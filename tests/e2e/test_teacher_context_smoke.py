@@ -58,6 +58,7 @@ def test_every_row_reports_uncertainty_markers_and_length(reproduced):
         rows = json.loads((out / f"{name}-seed0" / "eval.json").read_text())["per_prompt"]["id"]
         assert all(set(UNCERTAINTY_KEYS) <= set(r) for r in rows)
         assert len(steps(out / f"{name}-seed0")) == 2
+    assert "uncertainty markers /100 words" in (out / "summary.md").read_text()  # a column of the main table
 
 
 def test_contexts_and_teachers_as_configured(reproduced):

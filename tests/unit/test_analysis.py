@@ -280,3 +280,23 @@ def test_tied_mean_ranks_share_a_place_and_the_report_links_no_undrawn_figure():
     assert places[:3] == ["1", "1", "3"]
     md = report_markdown(s)
     assert "![" not in md and "mitigate-analysis figures" in md
+
+
+def test_context_richness_draws_one_line_per_teacher_family_in_richness_order(tmp_path):
+    s = summary(("grpo", "sdsd", "ctx_none", "ctx_answer", "opd_external", "sdsd_external"))
+    for m in s["methods"].values():
+        m["id"]["concepts"] = 2.0
+        m["ci95"]["id"]["concepts"] = [1.8, 2.2]
+    s["budget"] = {"objectives": {
+        "grpo": {"name": "grpo"}, "sdsd": {"name": "sdsd", "teacher": "ema"},
+        "ctx_none": {"name": "sdsd", "teacher": "ema", "teacher_context": "none"},
+        "ctx_answer": {"name": "sdsd", "teacher": "ema", "teacher_context": "answer"},
+        "opd_external": {"name": "sdsd", "teacher": "external", "teacher_context": "none"},
+        "sdsd_external": {"name": "sdsd", "teacher": "external"}}}
+    rows = F.context_rows(s)
+    assert rows == {"sdsd, self teacher": [("none", "ctx_none"), ("answer", "ctx_answer"), ("full", "sdsd")],
+                    "sdsd, external teacher": [("none", "opd_external"), ("full", "sdsd_external")]}
+    assert F.plot_context_richness(s, tmp_path / "ctx")
+    assert_figures(tmp_path, "ctx")
+    s["budget"]["objectives"] = {"grpo": {"name": "grpo"}, "sdsd": {"name": "sdsd", "teacher": "ema"}}
+    assert F.plot_context_richness(s, tmp_path / "none") is None  # one context kind: nothing to compare
