@@ -5,7 +5,9 @@ Every cell is (method, lr, [EMA decay,] task seed, selection seed); it trains th
 count of the grid once with `train.horizons` at the shorter ones (bit for bit the shorter runs),
 then evaluates each horizon's kept checkpoint on every `id_val` pair (n = 128, temperature 1, the
 cell seed's evaluation stream `eval_trained`, as `reproduce` evaluates). Only `id_val` pass@1 is
-measured: the rule reads nothing else. Resumable: a cell with its `selection.json` is skipped.
+measured: the rule reads nothing else. Resumable: a cell with its `selection.json` is skipped, a
+cell interrupted mid-training continues from its last checkpoint (or, when the code's config has
+grown fields since, is trained again from the start).
 
     python baselines/select_collapse.py --stage lr_steps --jobs 2      # both methods, SDSD at 0.95
     python baselines/select_collapse.py --stage decay --jobs 2         # SDSD's decay at the chosen lr x steps
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import mitigate
+from mitigate.core.resume import ResumeError
 from mitigate.core.seeding import torch_stream
 from mitigate.policies import load_policy
 from mitigate.recipes.common import run_in_pool
@@ -63,7 +66,11 @@ def run_cell(root: str, method: str, lr: float, decay: float | None, task_seed: 
         f"task.seed={task_seed}", f"seed={seed}", f"train.lr={lr!r}", f"train.steps={longest}",
         f"train.horizons={json.dumps(shorter)}", f"train.objective={json.dumps(objective(method, decay))}"])
     t0 = time.time()
-    mitigate.train(cfg, Path(root) / f"base_t{task_seed}", folder, quiet=True, resume=True)
+    base = Path(root) / f"base_t{task_seed}"
+    try:
+        mitigate.train(cfg, base, folder, quiet=True, resume=True)
+    except ResumeError:  # a cell interrupted under an older revision's config: trained again from the start
+        mitigate.train(cfg, base, folder, quiet=True, overwrite=True)
     t_train = time.time() - t0
     task = make_task(cfg.task)
     prompts = task.prompts(task.val_split)
