@@ -152,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    from mitigate import plugins
     from mitigate.core.fields import ConfigError
     from mitigate.core.io import InputError, OutputError
 
     try:  # what needs no heavy import is checked first, so these errors answer at once
         _early_checks(args)
+        for spec in args.imports:  # a plugin's names are valid once it is imported
+            plugins.import_plugin(spec)
+        _check_config(args)  # keys, core values, registered names: before torch loads
     except (ConfigError, OutputError) as e:
         print(f"mitigate {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -168,10 +172,6 @@ def _main(args) -> int:
     from mitigate.policies import CheckpointError
 
     try:
-        from mitigate import plugins
-
-        for spec in args.imports:
-            plugins.import_plugin(spec)
         return _dispatch(args)
     except (ConfigError, CheckpointError, OutputError, InputError, ResumeError) as e:
         print(f"mitigate {args.command}: error: {e}", file=sys.stderr)
@@ -202,13 +202,26 @@ def _early_checks(args) -> None:
         plan_run(args.out, args.overwrite, [i for i in inputs if i], args.resume)
 
 
+def _check_config(args) -> None:
+    """The config's first pass (`mitigate.config.check`: keys, core values, registered names), which
+    imports no registered entry's module: the commands that resolve a config from a preset and a
+    file resolve it here, the eval command checks its overrides."""
+    from mitigate import config as C
+
+    if args.command in ("pretrain", "train", "reproduce", "sweep"):
+        C.check(C.resolve(getattr(args, "config", None), getattr(args, "preset", None), _overrides(args)))
+    elif args.command == "eval":  # eval applies eval.* and device (others are refused later, with that message)
+        C.check_overrides([o for o in args.overrides if o.split("=", 1)[0].strip().split(".")[0] in ("eval", "device")])
+
+
+def _overrides(args) -> list[str]:
+    return list(args.overrides) + ([f"seed={args.seed}"] if getattr(args, "seed", None) is not None else [])
+
+
 def _load(args):
     from mitigate import config as C
 
-    overrides = list(args.overrides)
-    if getattr(args, "seed", None) is not None:
-        overrides.append(f"seed={args.seed}")
-    return C.load(getattr(args, "config", None), getattr(args, "preset", None), overrides)
+    return C.load(getattr(args, "config", None), getattr(args, "preset", None), _overrides(args))
 
 
 def _dispatch(args) -> int:

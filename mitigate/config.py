@@ -8,10 +8,18 @@ entry replaces it, since its fields belong to the other entry. The resolved conf
 into every run folder, so the run folder is the experiment record. Unknown keys, bad values and
 out-of-range numbers raise `ConfigError` naming the key and the allowed choices, on construction
 and on assignment (`cfg.train.lr = -1` raises); the CLI turns that into exit status 2.
+
+Resolving a config takes two passes (`check`, then the build). The first checks every key, every
+value of the core sections (pretrain, train, eval, reproduce, seed, device) and every registered
+name against the registries' manifests (`mitigate.registries`), importing nothing heavier than
+this module: a typo answers before torch, transformers or scikit-learn load. The second builds the
+registered sections, which imports each named entry's module (the task's, the policy's, the
+objective's and each regularizer's) and checks the fields inside them.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +30,14 @@ import yaml
 from mitigate import plugins
 from mitigate.core.fields import ConfigError, Section, build, describe, opt, suggest, to_dict
 from mitigate.core.registry import Registry
-from mitigate.metrics.semantic import EMBEDDERS
-from mitigate.objectives import OBJECTIVES
-from mitigate.policies import POLICIES
-from mitigate.regularizers import REGULARIZERS
-from mitigate.tasks import TASKS
+from mitigate.registries import EMBEDDERS, OBJECTIVES, POLICIES, REGULARIZERS, TASKS
 
 __all__ = ["Config", "ConfigError", "EvalConfig", "PretrainConfig", "ReproduceConfig", "TrainConfig", "build",
-           "describe", "dump", "load", "load_config", "merge", "presets", "to_dict"]
+           "check", "check_overrides", "describe", "dump", "load", "load_config", "merge", "presets", "resolve",
+           "to_dict"]
+
+# Set while `check` runs: registered sections are checked by name only (no module is imported).
+_NAMES_ONLY = contextvars.ContextVar("mitigate_config_names_only", default=False)
 
 
 def registered(registry: Registry, default: str, many: bool = False):
@@ -44,6 +52,9 @@ def registered(registry: Registry, default: str, many: bool = False):
         if not isinstance(value, dict):
             raise ConfigError(f"'{where}' must be a mapping with a 'name' key, got {value!r}")
         value = {"name": default, **value}
+        if _NAMES_ONLY.get():  # the first pass: the name against the manifest; fields in the build
+            registry.check(value["name"], f"{where}.name")
+            return value
         entry = registry.get(value["name"], f"{where}.name")
         if entry.config is None:
             raise ConfigError(f"{registry.kind} '{entry.name}' registered no config class")
@@ -263,10 +274,30 @@ def apply_override(data: dict, assignment: str) -> dict:
     return merge(data, nest({key.strip(): value}))
 
 
-def load(config: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()) -> Config:
-    """Resolve a config: preset YAML (default: `default`), then the config file, then overrides.
+def check(data: dict) -> None:
+    """The first pass over a resolved mapping: every key, every core value and every registered name,
+    raising `ConfigError` as the build would, without importing any registered entry's module (no
+    torch). Fields inside registered sections (task, model, objective, regularizers) are left to
+    the build."""
+    token = _NAMES_ONLY.set(True)
+    try:
+        build(Config, data)
+    finally:
+        _NAMES_ONLY.reset(token)
 
-    A config file may name its own preset with a top-level `preset:` key."""
+
+def check_overrides(overrides: list[str]) -> None:
+    """`check` of `--set` overrides alone, over the defaults (what a command that resolves its config
+    from a checkpoint can check before loading anything)."""
+    data: dict = {}
+    for o in overrides:
+        data = apply_override(data, o)
+    check(data)
+
+
+def resolve(config: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()) -> dict:
+    """The merged mapping `load` builds: preset YAML (default: `default`), then the config file,
+    then overrides (after the `mitigate.plugins` entry points are imported)."""
     plugins.load_entry_points()
     data: dict = read_yaml(config) if config else {}
     name = preset or data.get("preset") or "default"
@@ -276,6 +307,15 @@ def load(config: str | Path | None = None, preset: str | None = None, overrides:
     resolved["preset"] = name
     for o in overrides:
         resolved = apply_override(resolved, o)
+    return resolved
+
+
+def load(config: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()) -> Config:
+    """Resolve a config: preset YAML (default: `default`), then the config file, then overrides.
+
+    A config file may name its own preset with a top-level `preset:` key."""
+    resolved = resolve(config, preset, overrides)
+    check(resolved)
     cfg = build(Config, resolved)
     cfg._overrides = list(overrides)  # recorded in the run's meta.json (not a config field)
     return cfg
@@ -289,6 +329,7 @@ def from_dict(data: dict, overrides: list[str] = ()) -> Config:
     plugins.load_entry_points()
     for o in overrides:
         data = apply_override(data, o)
+    check(data)
     return build(Config, data)
 
 

@@ -26,10 +26,9 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from mitigate.core.fields import ConfigError
-from mitigate.core.registry import Registry
 from mitigate.metrics.summary import TEXT_DIVERSITY_KEYS
+from mitigate.registries import EMBEDDERS
 
-EMBEDDERS = Registry("embedder")
 register_embedder = EMBEDDERS.register
 
 KINDS = ("semantic", "lexical")

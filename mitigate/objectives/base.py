@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mitigate.core.registry import Registry
 from mitigate.policies.base import Scores
+from mitigate.registries import OBJECTIVES
 from mitigate.rollout import generate
 
-OBJECTIVES = Registry("objective")
 register_objective = OBJECTIVES.register
 
 

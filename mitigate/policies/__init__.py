@@ -1,7 +1,7 @@
-"""Policies: sample, score continuations under given contexts, frozen copy, save/load. Built-ins
-register on import; see `mitigate.policies.base` for the protocol."""
+"""Policies: sample, score continuations under given contexts, frozen copy, save/load. The
+built-ins are listed in `mitigate.registries` and imported the first time one is looked up; see
+`mitigate.policies.base` for the protocol."""
 
-from mitigate.policies import hf, tiny_gpt  # noqa: F401  (register the built-in policies)
 from mitigate.policies.base import (
     POLICIES,
     CheckpointError,

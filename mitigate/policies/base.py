@@ -34,10 +34,10 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from mitigate.core.io import InputError, check_safetensors, read_json
-from mitigate.core.registry import Registry, UnknownName, plugin_hint
+from mitigate.core.registry import UnknownName, plugin_hint
 from mitigate.ops import divergence_with, gather_tokens, log_mixture, token_divergence, token_entropy
+from mitigate.registries import POLICIES
 
-POLICIES = Registry("policy")
 register_policy = POLICIES.register
 
 META_FILE = "mitigate.json"  # every checkpoint folder: {"policy": name, "task": ..., "config": ...}

@@ -8,7 +8,6 @@ stateful term without them (`mitigate.core.resume`)."""
 
 from __future__ import annotations
 
-from mitigate.core.registry import Registry
+from mitigate.registries import REGULARIZERS
 
-REGULARIZERS = Registry("regularizer")
 register_regularizer = REGULARIZERS.register

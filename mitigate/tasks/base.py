@@ -18,9 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mitigate.core.fields import ConfigError
-from mitigate.core.registry import Registry
+from mitigate.registries import TASKS
 
-TASKS = Registry("task")
 register_task = TASKS.register
 
 # What the self-teacher may see besides the prompt (`teacher_context` of SDSD-family configs), richest
