@@ -205,11 +205,15 @@ def _early_checks(args) -> None:
 def _check_config(args) -> None:
     """The config's first pass (`mitigate.config.check`: keys, core values, registered names), which
     imports no registered entry's module: the commands that resolve a config from a preset and a
-    file resolve it here, the eval command checks its overrides."""
+    file resolve it here; eval and audit, whose config is a checkpoint's record, check their
+    overrides."""
     from mitigate import config as C
 
-    if args.command in ("pretrain", "train", "reproduce", "sweep"):
+    if args.command in ("pretrain", "train", "reproduce", "sweep") or (
+            args.command == "audit" and (args.preset or args.config)):  # audit then loads preset and config
         C.check(C.resolve(getattr(args, "config", None), getattr(args, "preset", None), _overrides(args)))
+    elif args.command == "audit":  # the base's recorded config plus the overrides
+        C.check_overrides(args.overrides)
     elif args.command == "eval":  # eval applies eval.* and device (others are refused later, with that message)
         C.check_overrides([o for o in args.overrides if o.split("=", 1)[0].strip().split(".")[0] in ("eval", "device")])
 

@@ -67,15 +67,21 @@ except C.ConfigError as e:
     assert not got["torch"]
 
 
-def test_an_unknown_preset_and_an_eval_override_are_refused_through_the_cli_before_torch():
-    got = fresh("""
+def test_an_unknown_preset_and_eval_and_audit_overrides_are_refused_through_the_cli_before_torch(tmp_path):
+    out = tmp_path / "never-written"
+    got = fresh(f"""
 import json, sys
 from mitigate import cli
-codes = [cli.main(["train", "--preset", "smok", "--init", "x", "--out", "/tmp/never-written"]),
-         cli.main(["eval", "--ckpt", "x", "--out", "/tmp/never-written.json", "--set", "eval.samples=0"])]
-print(json.dumps({"codes": codes, "torch": "torch" in sys.modules}))
+audit = ["audit", "--base", "x", "--model", "y", "--out", "{out}"]
+codes = [cli.main(["train", "--preset", "smok", "--init", "x", "--out", "{out}"]),
+         cli.main(["sweep", "baselines/ablations/entropy.yaml", "--set", "train.lr=abc", "--out", "{out}"]),
+         cli.main(["eval", "--ckpt", "x", "--out", "{out}.json", "--set", "eval.samples=0"]),
+         cli.main([*audit, "--set", "train.objective.name=grpoo"]),
+         cli.main([*audit, "--preset", "smok"])]
+print(json.dumps({{"codes": codes, "torch": "torch" in sys.modules}}))
 """)
-    assert got == {"codes": [2, 2], "torch": False}
+    assert got == {"codes": [2, 2, 2, 2, 2], "torch": False}
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_good_config_still_builds_its_registered_sections():
