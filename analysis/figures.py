@@ -586,7 +586,7 @@ def plot_training_dynamics(runs: dict[str, list[list[dict]]], path: str | Path,
                            ncols: int = 2) -> list[Path] | None:
     """Reward, probe pass@1, probe concepts, token entropy and KL to the base (or `metrics`:
     (key, label) pairs) against the training step: the mean over seeds as a line, the range over
-    seeds as a band. A key no run logged gets no panel. None without data."""
+    seeds as a band (up to BANDS_UP_TO methods). A key no run logged gets no panel. None without data."""
     keys = [(k, label) for k, label in metrics if _present(runs, k)]
     if not keys:
         return None
@@ -610,7 +610,7 @@ def plot_training_dynamics(runs: dict[str, list[list[dict]]], path: str | Path,
             ax.plot(steps, v.mean(0), color=style["color"], ls=style["linestyle"], lw=1.0 if name in FIXED else 0.8,
                     label=name, marker=style["marker"], ms=2.5, markevery=(j % every, every),
                     zorder=3 if name in FIXED else 2, alpha=1.0 if name in FIXED else 0.85)
-            if len(per_seed) > 1:
+            if len(per_seed) > 1 and len(runs) <= BANDS_UP_TO:  # more bands than that stack into mud
                 ax.fill_between(steps, v.min(0), v.max(0), color=style["color"], alpha=0.12, lw=0)
         ax.set_ylabel(label)
         ax.xaxis.get_major_locator().set_params(integer=True)
