@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -93,7 +94,7 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
     returned as it is)."""
     # ---- setup: processes, task, policy, frozen reference, teacher, optimizer, random streams
     device_for(cfg.device)  # 'cuda' without a GPU is an error, never a silent CPU run
-    accelerator = Accelerator(cpu=cfg.device == "cpu")
+    accelerator = fresh_accelerator(cpu=cfg.device == "cpu")
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     tc = cfg.train
@@ -267,6 +268,20 @@ def train(cfg: C.Config, init: str | Path, out: str | Path, overwrite: bool = Fa
                 policy.save(tmp / "checkpoint", checkpoint_record(cfg, method, policy))
     accelerator.wait_for_everyone()
     return Path(out)
+
+
+def fresh_accelerator(cpu: bool) -> Accelerator:
+    """The run's Accelerator, in the precision the launcher asks for (`accelerate launch
+    --mixed_precision`, i.e. ACCELERATE_MIXED_PRECISION; float32 without one). accelerate keeps one
+    AcceleratorState per process and ignores the settings of a later Accelerator: a state left by
+    another library in this process (a transformers or TRL Trainer, whose default on CPU is bf16)
+    would silently change this run's numbers. Such a state is reset; the distributed PartialState
+    (processes, device) is kept."""
+    wanted = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision", wanted) != wanted:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=cpu, mixed_precision=wanted)
 
 
 # ----------------------------------------------------------------------------- one step's algorithm
