@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [d for d in a.dirs if not any((d / f).is_file() for f in readable)]
     for d in bad:
         why = "does not exist" if not d.exists() else f"holds none of {', '.join(readable)}"
-        print(f"analysis: '{d}' {why}; give a run folder of `mitigate reproduce`, `mitigate sweep`, "
+        print(f"analysis: '{d}' {why}; give a run folder of `mitigate reproduce`, `mitigate sweep`, `mitigate audit`, "
               "`mitigate table` or `mitigate theory`", file=sys.stderr)
     if bad:
         return 2

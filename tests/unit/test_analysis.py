@@ -85,7 +85,7 @@ def test_folder_without_json_exits_2(tmp_path, capsys):
     assert main(["figures", str(tmp_path / "missing")]) == 2
     assert main(["figures", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "does not exist" in err and "neither summary.json nor theory.json" in err
+    assert "does not exist" in err and "holds none of summary.json, theory.json, audit.json" in err
     assert list(tmp_path.iterdir()) == []
 
 
