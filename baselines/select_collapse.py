@@ -145,8 +145,10 @@ def markdown(tables: dict, choices: dict) -> str:
                   "kept steps (best probe) |", "|---|---|---|---|---|---|---|"]
         for r in table:
             per = " / ".join(f"{r['per_task_seed'].get(t, float('nan')):.3f}" for t in TASK_SEEDS)
-            mark = " **chosen**" if choices.get(method) and all(
-                choices[method][k] == r[k] for k in ("lr", "steps", "ema_decay")) else ""
+            pick = choices.get(method)
+            mark = ""
+            if pick and all(pick[k] == r[k] for k in ("lr", "steps", "ema_decay")):
+                mark = " **best, on the grid's edge: extension due**" if pick["on_edge"] else " **chosen**"
             lines.append(f"| {r['lr']:g} | {r['steps']} | {r['ema_decay'] if r['ema_decay'] is not None else '-'} | "
                          f"{r['n_cells']} | {r['mean_pass_at_1']:.4f}{mark} | {per} | "
                          f"{', '.join(map(str, r['kept_steps']))} |")
