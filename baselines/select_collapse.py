@@ -98,12 +98,17 @@ def cells_for(stage: str, chosen: dict | None) -> list[tuple]:
 
 
 def collect(root: Path) -> list[dict]:
-    rows = []
+    """Every (cell, horizon) result; a setting measured by two cells (an extension's longer run has
+    the shorter ones as horizons, bit for bit the same runs) counts once."""
+    rows, seen = [], set()
     for path in sorted((root / "cells").glob("*/selection.json")):
         r = json.loads(path.read_text())
         for h, v in r["id_val"].items():
-            rows.append({**{k: r[k] for k in ("method", "lr", "ema_decay", "task_seed", "seed")},
-                         "steps": int(h), **v})
+            row = {**{k: r[k] for k in ("method", "lr", "ema_decay", "task_seed", "seed")}, "steps": int(h), **v}
+            key = tuple(row[k] for k in ("method", "lr", "ema_decay", "task_seed", "seed", "steps"))
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
     return rows
 
 
