@@ -7,7 +7,8 @@ monitor attached. A timing callback added before the monitor records each step's
 the monitor's measurements are timed around `measure`. The overhead is the monitor's total time over
 the steps' total time; load on the machine slows both sides alike.
 
-    .venv/bin/python benchmarks/monitor_overhead.py [--steps 40] [--every 10] [--out benchmarks/results/monitor_overhead.json]
+    .venv/bin/python benchmarks/monitor_overhead.py [--steps 40] [--every 10] \
+        [--out benchmarks/results/monitor_overhead.json]
 """
 
 from __future__ import annotations

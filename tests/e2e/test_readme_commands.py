@@ -11,8 +11,9 @@ line names a file (`# duplicates.py`) are written to that file before the comman
 the page tells the reader to save them; other Python blocks (README's API sketch) and TOML blocks
 are not commands. The test fails naming the first line that exits non-zero.
 
-Slow (6 min 27 s on two shared CPU cores, one busy with another run: README.md 244 s, docs/extending.md 134 s; the smoke comparison, the sciqa-smoke chain and
-the extension guide's runs, each command paying its own interpreter start-up)."""
+Slow (6 min 27 s on two shared CPU cores, one busy with another run: README.md 244 s,
+docs/extending.md 134 s; the smoke comparison, the sciqa-smoke chain and the extension guide's
+runs, each command paying its own interpreter start-up)."""
 
 from __future__ import annotations
 
