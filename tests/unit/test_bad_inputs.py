@@ -19,6 +19,7 @@ from mitigate import config as C
 from mitigate.core import resume as R
 from mitigate.policies import POLICIES
 from mitigate.tasks import TASKS
+from tests.unit.conftest import smoke
 
 
 def run_err(capsys, argv: list[str], code: int = 2) -> str:
@@ -27,13 +28,6 @@ def run_err(capsys, argv: list[str], code: int = 2) -> str:
     assert rc == code, captured
     assert f"mitigate {argv[0]}: " in captured.err
     return captured.err
-
-
-def smoke(command: str, out, *sets, extra=()) -> list[str]:
-    argv = [command, "--preset", "smoke", "--out", str(out), "--quiet", *extra]
-    for s in sets:
-        argv += ["--set", s]
-    return argv
 
 
 @pytest.fixture
@@ -239,20 +233,6 @@ def test_ctrl_c_exits_130_and_keeps_what_can_be_resumed(capsys, smoke_base, tmp_
     monkeypatch.setattr(R, "fault_point", lambda *a: None)
     assert cli.main([*argv, "--resume"]) == 0
     assert sorted(os.listdir(tmp_path)) == ["run"]
-
-
-@pytest.fixture
-def stopped_run(smoke_base, tmp_path, monkeypatch):
-    """(argv, work folder) of a train run stopped at step 3 with a checkpoint at step 2."""
-    def stop(where, step):
-        if (where, step) == ("train", 3):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(R, "fault_point", stop)
-    argv = smoke("train", tmp_path / "run", "train.steps=4", "train.save_every=2", extra=["--init", str(smoke_base)])
-    assert cli.main(argv) == 130
-    monkeypatch.setattr(R, "fault_point", lambda *a: None)
-    return argv, tmp_path / "run.partial"
 
 
 def test_resume_with_another_config_says_what_differs(capsys, stopped_run):

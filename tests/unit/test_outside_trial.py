@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mitigate import cli
-from mitigate.core import resume as R
 from mitigate.core.guard import nonfinite_message
 from mitigate.core.io import nan_for_null, write_json
+from tests.unit.conftest import smoke
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "smoke_summary_reference.json"
 
@@ -37,13 +37,6 @@ def one_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     return lines[0]
-
-
-def smoke(command: str, out, *sets, extra=()) -> list[str]:
-    argv = [command, "--preset", "smoke", "--out", str(out), "--quiet", *extra]
-    for s in sets:
-        argv += ["--set", s]
-    return argv
 
 
 def mode(path: Path) -> int:
@@ -63,20 +56,6 @@ def umask_022():
     old = os.umask(0o022)
     yield
     os.umask(old)
-
-
-@pytest.fixture
-def stopped_run(smoke_base, tmp_path, monkeypatch):
-    """(argv, work folder) of a train run stopped at step 3 with a resume checkpoint at step 2."""
-    def stop(where, step):
-        if (where, step) == ("train", 3):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(R, "fault_point", stop)
-    argv = smoke("train", tmp_path / "run", "train.steps=4", "train.save_every=2", extra=["--init", str(smoke_base)])
-    assert cli.main(argv) == 130
-    monkeypatch.setattr(R, "fault_point", lambda *a: None)
-    return argv, tmp_path / "run.partial"
 
 
 # ----------------------------------------------------------------------------- permissions
