@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mitigate.ops import gather_tokens
-from mitigate.policies import CheckpointError, load_policy, resolve_checkpoint
+from mitigate.policies import CheckpointError, load_policy, resolve_checkpoint, tiny_gpt
 from mitigate.policies.base import META_FILE
 from mitigate.policies.tiny_gpt import (
     CHECKPOINT_FILES,
@@ -34,17 +34,21 @@ def contexts(smoke_task):
 
 
 class Recorder:
-    """Forward hook keeping the last-position logits of every forward call."""
+    """Keeps the next-token logits of every forward the sampler runs (its decoder's `_logits`)."""
 
-    def __init__(self, model):
+    def __init__(self, model=None):
         self.logits = []
-        self.handle = model.register_forward_hook(self)
+        self.original = tiny_gpt._Decoder._logits
 
-    def __call__(self, module, inputs, output):
-        self.logits.append(output.logits[:, -1].detach().float().clone())
+        def recorded(decoder, h):
+            out = self.original(decoder, h)
+            self.logits.append(out.detach().float().clone())
+            return out
+
+        tiny_gpt._Decoder._logits = recorded
 
     def close(self):
-        self.handle.remove()
+        tiny_gpt._Decoder._logits = self.original
 
 
 def test_sample_logprobs_match_full_forward(smoke_model, contexts):
@@ -57,18 +61,24 @@ def test_sample_logprobs_match_full_forward(smoke_model, contexts):
         rec.close()
     steps = len(rec.logits)
     assert 1 <= steps <= 7
-    # The model runs once per distinct prefix (context + tokens so far): the prompt once per
-    # distinct context, each decode step once per distinct (prefix, token) pair, ordered by
-    # (parent, token). Map every row to its prefix's logits at each step.
+    # The model runs once per distinct prefix (context + tokens so far) of the rows that have not
+    # ended: the prompt once per distinct context, each decode step once per distinct (prefix, token)
+    # pair of the unfinished rows, ordered by (parent, token). Map every row to its prefix's logits
+    # at each step (rows that ended get zeros: their positions are masked below).
     distinct = list(dict.fromkeys(map(tuple, ctx)))
     node = torch.tensor([distinct.index(tuple(c)) for c in ctx])
+    active = torch.arange(len(ctx))
     per_row = []
     for t, logits in enumerate(rec.logits):
         if t > 0:
-            _, node = torch.unique(node * logits.shape[-1] + s.tokens[:, t - 1], return_inverse=True)
-        n_prefixes = len({(tuple(c), tuple(s.tokens[i, :t].tolist())) for i, c in enumerate(ctx)})
-        assert logits.shape[0] == n_prefixes  # one forward row per distinct prefix, no more
-        per_row.append(logits[node])
+            going = s.mask[active, t].bool()
+            active, node = active[going], node[going]
+            _, node = torch.unique(node * logits.shape[-1] + s.tokens[active, t - 1], return_inverse=True)
+        n_prefixes = len({(tuple(ctx[i]), tuple(s.tokens[i, :t].tolist())) for i in active.tolist()})
+        assert logits.shape[0] == n_prefixes  # one forward row per distinct unfinished prefix, no more
+        row = torch.zeros((len(ctx), logits.shape[-1]))
+        row[active] = logits[node]
+        per_row.append(row)
     assert rec.logits[-1].shape[0] < len(ctx)  # rows repeated by n_rep share their prefixes
     cached = torch.log_softmax(torch.stack(per_row, 1), -1)  # [B, steps, V]: what the sampler drew from
     with torch.no_grad():
