@@ -7,6 +7,7 @@ model's own config, so a checkpoint loads without its task."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.cache_utils import DynamicCache
 from transformers.utils import logging as hf_logging
 
 from mitigate.core.fields import Section, opt
@@ -24,6 +26,7 @@ from mitigate.policies.base import (
     FullScores,
     Samples,
     distinct_rows,
+    has_dropout,
     policy_divergence,
     policy_token_logprobs,
     register_policy,
@@ -231,12 +234,21 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: torch
 
     contexts: token lists (any lengths; left-padded here). continuations: [B, T] tokens with
     `cont_mask` [B, T] marking real positions. Returns [B, T, V] float32 (grad flows if enabled).
+
+    Each distinct (context, continuation) row runs once (`distinct_rows`). When the rows share
+    their contexts (a group's rollouts share the prompt; teacher rows share prompt and
+    demonstration), each distinct context runs once and the continuations run on its keys and
+    values (`shared_prefix`); values equal the one-forward path's to float rounding (tests).
     """
     device = next(model.parameters()).device
     pad = getattr(model, "module", model).config.pad_token_id  # `model` may be wrapped in DDP (TinyGPT.wrapped)
     first, rows = distinct_rows(model, contexts, continuations, cont_mask)
     if first is not None:
         contexts, continuations, cont_mask = [contexts[i] for i in first], continuations[first], cont_mask[first]
+    prefix = shared_prefix(model, contexts)
+    if prefix is not None:
+        logprobs = _prefix_cached_logprobs(model, contexts, prefix, continuations, cont_mask, device, pad)
+        return logprobs if first is None else logprobs[rows.to(device)]
     ctx, ctx_mask = left_pad(contexts, device, pad)
     cont = continuations.to(device)
     ids = torch.cat([ctx, cont], 1)
@@ -247,6 +259,45 @@ def continuation_logprobs(model, contexts: list[list[int]], continuations: torch
     logprobs = torch.log_softmax(logits, -1)
     return logprobs if first is None else logprobs[rows.to(device)]
 
+
+def shared_prefix(model, contexts: list[list[int]]) -> tuple[list[tuple], torch.Tensor] | None:
+    """(distinct contexts, row -> its context) when at most half as many contexts as rows are distinct
+    and the model runs a context once for all its rows: not in DDP (one forward per backward) and
+    not with dropout on (each row draws its own masks). None: score in one forward."""
+    if hasattr(model, "module") or (model.training and has_dropout(model)):
+        return None
+    first: dict[tuple, int] = {}
+    index = [first.setdefault(tuple(c), len(first)) for c in contexts]
+    if 2 * len(first) > len(contexts):
+        return None
+    return list(first), torch.as_tensor(index)
+
+
+# transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns on every
+# call); older releases only know `past_key_values`.
+CACHE_ARG = "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
+
+
+def _prefix_cached_logprobs(model, contexts, prefix, continuations, cont_mask, device, pad) -> torch.Tensor:
+    """`continuation_logprobs` with each distinct context run once: the contexts' forward fills a
+    KV cache, its rows are repeated per continuation (an index, so gradients flow back into the
+    shared context), and the continuations run on it. Position 0 is predicted by the context's
+    last position, position i by continuation token i - 1."""
+    distinct, index = prefix
+    index = index.to(device)
+    ctx, ctx_mask = left_pad([list(c) for c in distinct], device, pad)
+    cache = DynamicCache()
+    out = model(input_ids=ctx, attention_mask=ctx_mask, position_ids=positions(ctx_mask), use_cache=True,
+                **{CACHE_ARG: cache})
+    last = out.logits[:, -1]
+    if continuations.shape[1] == 1:
+        return torch.log_softmax(last[index, None].float(), -1)
+    cache.batch_select_indices(index)
+    mask = torch.cat([ctx_mask[index], cont_mask.to(device).long()], 1)
+    out = model(input_ids=continuations.to(device)[:, :-1], attention_mask=mask[:, :-1],
+                position_ids=positions(mask)[:, ctx.shape[1]:-1], use_cache=True, **{CACHE_ARG: cache})
+    logits = torch.cat([last[index, None], out.logits], 1).float()
+    return torch.log_softmax(logits, -1)
 
 
 def sequence_logprob(model, contexts, continuations, cont_mask) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Speed-ups leave training unchanged: two smoke training steps of grpo and of sdsd (from the
 session's smoke base) end with the weights recorded in tests/fixtures/smoke_weights_reference.safetensors,
 written by the revision before the training-loop speed-ups (e8ac642: it scored the old log-probs
-in a separate no-grad forward; now they are the first pass's log-probs, detached).
+in a separate no-grad forward; now they are the first pass's log-probs, detached), and regenerated
+by issue 28's sampler change (another random stream, so other rollouts) and shared-context scoring.
 
 Tolerance: 1e-6 absolute per weight, except the attention key biases, and 1e-5 on the next-token
 probabilities the trained models give. The reference was bit-identical on its machine; two float32 effects move

@@ -256,6 +256,8 @@ def test_repeated_rows_run_once_with_the_same_values_and_gradients(smoke_model, 
         return model_forward(*args, **kwargs)
 
     monkeypatch.setattr(smoke_model, "forward", counted_forward)
+    # one forward per call: the shared-context path (tests/unit/test_sampler_speed.py) off here
+    monkeypatch.setattr(tiny_gpt, "shared_prefix", lambda model, contexts: None)
     deduped, grads = forward_and_grads()
     monkeypatch.setattr(tiny_gpt, "distinct_rows", lambda *a: (None, None))
     every_row, grads_every_row = forward_and_grads()

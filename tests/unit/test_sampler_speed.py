@@ -193,3 +193,69 @@ def test_decoder_logits_equal_the_full_forward(tiny):
     width = ids.shape[1]
     for t, logits in enumerate(got):
         np.testing.assert_allclose(logits.numpy(), full[:, width - 1 + t].numpy(), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- prefix caching in scoring
+
+def scoring_batch(model):
+    """Rows that share contexts (3 distinct contexts of different lengths, 40 rows each) with sampled,
+    partly repeated continuations."""
+    contexts = [[BOS, 3, 4], [BOS, 5], [BOS, 4, 4, 3, 5, 3]]
+    rows = [c for c in contexts for _ in range(40)]
+    s = sample(model, rows, 4, generator=torch.Generator().manual_seed(5))
+    return rows, s.tokens, s.mask
+
+
+def loss_of(lp, tokens, mask):
+    """A loss that reaches every position and the whole vocabulary: token log-probs and entropies."""
+    m = mask.float()
+    tok = lp.gather(-1, tokens[..., None]).squeeze(-1)
+    ent = -(lp.exp() * lp).sum(-1)
+    return ((tok + 0.5 * ent) * m).sum() / m.sum()
+
+
+def test_prefix_cached_scoring_equals_one_forward(tiny, monkeypatch):
+    rows, tokens, mask = scoring_batch(tiny)
+    calls = []
+    cached = tiny_gpt._prefix_cached_logprobs
+
+    def spy(*a, **k):
+        calls.append(1)
+        return cached(*a, **k)
+
+    monkeypatch.setattr(tiny_gpt, "_prefix_cached_logprobs", spy)
+    tiny.train()  # no dropout in this model: the cached path also serves gradient forwards
+    try:
+        params = list(tiny.parameters())
+        lp = tiny_gpt.continuation_logprobs(tiny, rows, tokens, mask)
+        grads = torch.autograd.grad(loss_of(lp, tokens, mask), params)
+        assert len(calls) == 1
+        with monkeypatch.context() as m:
+            m.setattr(tiny_gpt, "shared_prefix", lambda model, contexts: None)  # the one-forward path
+            ref = tiny_gpt.continuation_logprobs(tiny, rows, tokens, mask)
+            ref_grads = torch.autograd.grad(loss_of(ref, tokens, mask), params)
+        assert len(calls) == 1
+    finally:
+        tiny.eval()
+    real = mask.bool()
+    assert float((lp - ref).detach()[real].abs().max()) <= 1e-5
+    assert max(float((g - r).abs().max()) for g, r in zip(grads, ref_grads)) <= 1e-5
+    assert max(float(r.abs().max()) for r in ref_grads) > 1e-2  # the gradients are not all ~0
+    # a single-token continuation (predicted by the context's last position alone)
+    with torch.no_grad():
+        one = tiny_gpt.continuation_logprobs(tiny, rows, tokens[:, :1], mask[:, :1])
+    np.testing.assert_allclose(one[:, 0].numpy(), ref[:, 0].detach().numpy(), atol=1e-5)
+
+
+def test_prefix_caching_only_where_contexts_repeat(tiny, monkeypatch):
+    rows, tokens, mask = scoring_batch(tiny)
+    assert tiny_gpt.shared_prefix(tiny, rows) is not None
+    distinct = [[BOS, 3 + i % 3, 3 + i // 3] for i in range(9)]
+    assert tiny_gpt.shared_prefix(tiny, distinct + distinct[:3]) is None  # 9 of 12 distinct: one forward
+    wrapped = torch.nn.Module()
+    wrapped.module = tiny  # DDP-style wrapper: one forward per backward
+    assert tiny_gpt.shared_prefix(wrapped, rows) is None
+    vocab = SimpleNamespace(size=V, pad=PAD, bos=BOS, eos=EOS)
+    dropout = build_model(TinyGPTConfig(n_embd=16, n_layer=1, n_head=2, dropout=0.1), vocab)
+    assert tiny_gpt.shared_prefix(dropout.train(), rows) is None
+    assert tiny_gpt.shared_prefix(dropout.eval(), rows) is not None
