@@ -132,6 +132,8 @@ def mitigate_config(spec: dict, objective: str | None = None):
         overrides.append(f"train.lr={spec['lr']}")
     if spec.get("beta") is not None:
         overrides.append(f"train.kl_coef={spec['beta']}")
+    if spec.get("activation"):  # the base checkpoint's activation (the preset's otherwise)
+        overrides.append(f"model.activation={spec['activation']}")
     cfg = mitigate.load_config(preset="default", overrides=overrides)
     if objective == "grpo":
         cfg.train.objective = {"name": "grpo"}
@@ -481,6 +483,9 @@ def main() -> None:
         base = mitigate.pretrain(mitigate_config(spec), workdir / "base", overwrite=True, quiet=True)
     spec["base"] = str(Path(base).resolve())
     ckpt = resolve_checkpoint(base)
+    # a base made before the default preset's switch to erf GELU (issue 28) keeps GPT-2's tanh GELU:
+    # mitigate's config must name the checkpoint's activation, or training refuses the base
+    spec["activation"] = json.loads((ckpt / "config.json").read_text()).get("activation_function")
     dims = model_dims(ckpt)
     if (dims["d"], dims["layers"]) != (a.width, a.layers):
         sys.exit(f"--base has width {dims['d']}, {dims['layers']} layers; asked for {a.width}, {a.layers}")

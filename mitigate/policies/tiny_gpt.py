@@ -123,12 +123,12 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
     # Rows that share a prefix (the same context and the same tokens so far) have the same keys,
     # values and next-token distribution, so the model runs once per distinct prefix, a "node":
     # callers repeat each context (GRPO groups, n samples per prompt) and a peaked policy repeats its
-    # first tokens. Rows that emitted EOS leave: they draw nothing and their prefixes stop running.
-    # Each unfinished row draws its own token by inverting its node's cumulative distribution at a
-    # uniform draw of its own (exact ancestral sampling; one uniform per unfinished row and step).
+    # first tokens. Rows that emitted EOS draw nothing more. Each unfinished row draws its own token
+    # by inverting its node's cumulative distribution at a uniform of its own (`_draw`: exact
+    # ancestral sampling, one uniform per unfinished row and step).
     first: dict[tuple, int] = {}
     node = torch.tensor([first.setdefault(tuple(c), len(first)) for c in contexts], device=device)
-    ids, mask = left_pad(list(first), device, pad)  # per node from here on
+    ids, mask = left_pad(list(first), device, pad)  # per node (a slot of the decoder's buffers) from here on
     decoder = _Decoder(model, len(first), ids.shape[1] + max_new_tokens)
     logits = decoder.prefill(ids, mask)
     next_pos = positions(mask)[:, -1] + 1
@@ -141,30 +141,43 @@ def _sample_batch(model, contexts, max_new_tokens, temperature, generator, devic
         logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, -1)  # per node
         ent_sum[active] += -(logp.exp() * logp).sum(-1)[node]
         n_tok[active] += 1
-        cdf = logp.double().exp().cumsum(-1)[node]
-        u = torch.rand(len(node), 1, generator=generator, dtype=torch.float64, device=device)
-        nxt = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+        nxt = _draw(logp, node, generator)
         generated[active, t] = nxt
         going = nxt != eos
         if t == max_new_tokens - 1 or not bool(going.any()):
             break
         active, node, nxt = active[going], node[going], nxt[going]
         # The next nodes: distinct (node, token) pairs; each inherits its parent's keys and values.
-        children, node = torch.unique(node * logits.shape[-1] + nxt, return_inverse=True)
+        children, child = torch.unique(node * logits.shape[-1] + nxt, return_inverse=True)
         parent, token = children // logits.shape[-1], children % logits.shape[-1]
-        decoder.select(parent)
-        next_pos = next_pos[parent]
+        slots = len(next_pos)
+        if len(parent) >= 0.75 * slots and bool((parent[1:] > parent[:-1]).all()):
+            # No prefix split and few ended: each child keeps its parent's slot and the slots whose
+            # rows all ended run a padding token (unused), which costs less than moving the buffers.
+            node = parent[child]
+            token = torch.full((slots,), pad, dtype=torch.long, device=device).index_copy_(0, parent, token)
+        else:
+            node = child
+            decoder.select(parent)
+            next_pos = next_pos[parent]
         logits = decoder.step(token, next_pos)
         next_pos = next_pos + 1
     return generated.cpu(), (ent_sum / n_tok.clamp(min=1)).cpu()
 
 
+def _draw(logp: torch.Tensor, node: torch.Tensor, generator) -> torch.Tensor:
+    """One token per row from its node's distribution exp(logp[node]): a float64 uniform per row
+    through the cumulative distribution (the first token whose cumulative sum exceeds u x total)."""
+    cdf = logp.double().exp().cumsum(-1)[node]
+    u = torch.rand(len(node), 1, generator=generator, dtype=torch.float64, device=logp.device)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+
+
 class _Decoder:
-    """GPT-2's forward for sampling, on the model's own modules, with the keys and values of every
-    layer in one preallocated buffer [layers, 2, nodes, heads, positions, head dim]: a decode step
-    writes one position in place (no `torch.cat` of the cache), and a change of nodes is one
-    `index_select` (the transformers `DynamicCache` copied the cache twice per step). Eval mode
-    only (no dropout); logits at the last position, float32."""
+    """GPT-2's forward for sampling, on the model's own modules, with each layer's keys and values in
+    preallocated buffers [nodes, heads, positions, head dim]: a decode step writes one position in
+    place (no `torch.cat` of the cache), and a change of nodes is one row gather per buffer. Eval
+    mode only (no dropout); logits at the last position, float32."""
 
     def __init__(self, model: GPT2LMHeadModel, nodes: int, capacity: int):
         c = model.config
@@ -173,8 +186,9 @@ class _Decoder:
         self.model, self.blocks = model, model.transformer.h
         self.heads, self.head_dim = c.n_head, c.n_embd // c.n_head
         p = next(model.parameters())
-        self.kv = torch.empty((len(self.blocks), 2, nodes, self.heads, capacity, self.head_dim),
-                              dtype=p.dtype, device=p.device)
+        shape = (nodes, self.heads, capacity, self.head_dim)
+        self.keys = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in self.blocks]
+        self.values = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in self.blocks]
         self.valid = torch.zeros((nodes, capacity), dtype=torch.bool, device=p.device)  # keys a query may see
         self.length = 0
 
@@ -185,12 +199,11 @@ class _Decoder:
         for i, block in enumerate(self.blocks):
             attn = block.attn
             qkv = attn.c_attn(block.ln_1(h)).view(n, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            self.kv[i, :, :, :, lo:hi] = qkv[1:]
-            keys, values = self.kv[i, 0, :, :, :hi], self.kv[i, 1, :, :, :hi]
-            # softmax(q k^T) v written out: at one query per node it runs about twice as fast on CPU as
-            # `scaled_dot_product_attention` with a mask (the same values to float rounding)
-            scores = torch.matmul(qkv[0], keys.transpose(-1, -2)).mul_(attn.scaling)
-            out = torch.matmul(scores.masked_fill_(~mask, float("-inf")).softmax(-1), values)
+            self.keys[i][:, :, lo:hi] = qkv[1]
+            self.values[i][:, :, lo:hi] = qkv[2]
+            keys, values = self.keys[i][:, :, :hi], self.values[i][:, :, :hi]
+            out = torch.nn.functional.scaled_dot_product_attention(qkv[0], keys, values, attn_mask=mask,
+                                                                   scale=attn.scaling)
             h = h + attn.c_proj(out.transpose(1, 2).reshape(n, s, d))
             h = h + block.mlp(block.ln_2(h))
         self.length = hi
@@ -212,9 +225,10 @@ class _Decoder:
 
     def select(self, parent: torch.Tensor) -> None:
         """Keep node `parent[j]`'s keys and values as node j's (children inherit their parent's)."""
-        if len(parent) == self.kv.shape[2] and bool((parent == torch.arange(len(parent), device=parent.device)).all()):
+        if len(parent) == len(self.valid) and bool((parent == torch.arange(len(parent), device=parent.device)).all()):
             return
-        self.kv = self.kv.index_select(2, parent)
+        self.keys = [k.index_select(0, parent) for k in self.keys]
+        self.values = [v.index_select(0, parent) for v in self.values]
         self.valid = self.valid.index_select(0, parent)
 
     def step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

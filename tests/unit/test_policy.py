@@ -34,21 +34,27 @@ def contexts(smoke_task):
 
 
 class Recorder:
-    """Keeps the next-token logits of every forward the sampler runs (its decoder's `_logits`)."""
+    """Keeps the next-token logits of every forward the sampler runs (its decoder's `_logits`) and
+    the distribution each unfinished row drew from at each step (`_draw`: logp[node])."""
 
     def __init__(self, model=None):
-        self.logits = []
-        self.original = tiny_gpt._Decoder._logits
+        self.logits, self.drawn = [], []
+        self.original, self.original_draw = tiny_gpt._Decoder._logits, tiny_gpt._draw
 
         def recorded(decoder, h):
             out = self.original(decoder, h)
             self.logits.append(out.detach().float().clone())
             return out
 
+        def recorded_draw(logp, node, generator):
+            self.drawn.append(logp[node].detach().clone())
+            return self.original_draw(logp, node, generator)
+
         tiny_gpt._Decoder._logits = recorded
+        tiny_gpt._draw = recorded_draw
 
     def close(self):
-        tiny_gpt._Decoder._logits = self.original
+        tiny_gpt._Decoder._logits, tiny_gpt._draw = self.original, self.original_draw
 
 
 def test_sample_logprobs_match_full_forward(smoke_model, contexts):
@@ -60,27 +66,22 @@ def test_sample_logprobs_match_full_forward(smoke_model, contexts):
     finally:
         rec.close()
     steps = len(rec.logits)
-    assert 1 <= steps <= 7
-    # The model runs once per distinct prefix (context + tokens so far) of the rows that have not
-    # ended: the prompt once per distinct context, each decode step once per distinct (prefix, token)
-    # pair of the unfinished rows, ordered by (parent, token). Map every row to its prefix's logits
-    # at each step (rows that ended get zeros: their positions are masked below).
-    distinct = list(dict.fromkeys(map(tuple, ctx)))
-    node = torch.tensor([distinct.index(tuple(c)) for c in ctx])
-    active = torch.arange(len(ctx))
+    assert 1 <= steps <= 7 and len(rec.drawn) == steps
+    # The model runs once per distinct prefix (context + tokens so far), not once per row: the
+    # prompt once per distinct context, each decode step once per distinct (prefix, token) pair of
+    # the unfinished rows (plus, until the buffers are next compacted, the slots of prefixes whose
+    # rows all ended). At step t the unfinished rows, in order, drew from `rec.drawn[t]`.
     per_row = []
-    for t, logits in enumerate(rec.logits):
-        if t > 0:
-            going = s.mask[active, t].bool()
-            active, node = active[going], node[going]
-            _, node = torch.unique(node * logits.shape[-1] + s.tokens[active, t - 1], return_inverse=True)
+    for t, (logits, drawn) in enumerate(zip(rec.logits, rec.drawn)):
+        active = s.mask[:, t].nonzero().squeeze(-1)
         n_prefixes = len({(tuple(ctx[i]), tuple(s.tokens[i, :t].tolist())) for i in active.tolist()})
-        assert logits.shape[0] == n_prefixes  # one forward row per distinct unfinished prefix, no more
+        assert n_prefixes <= logits.shape[0] < len(ctx)  # rows repeated by n_rep share their prefixes
+        assert drawn.shape[0] == len(active)
         row = torch.zeros((len(ctx), logits.shape[-1]))
-        row[active] = logits[node]
+        row[active] = drawn
         per_row.append(row)
-    assert rec.logits[-1].shape[0] < len(ctx)  # rows repeated by n_rep share their prefixes
-    cached = torch.log_softmax(torch.stack(per_row, 1), -1)  # [B, steps, V]: what the sampler drew from
+    assert rec.logits[0].shape[0] == len(contexts)  # the prompt once per distinct context
+    cached = torch.stack(per_row, 1)  # [B, steps, V]: what the sampler drew from (log-probs)
     with torch.no_grad():
         full = continuation_logprobs(smoke_model, ctx, s.tokens, s.mask)
     m = s.mask[:, :steps].bool()

@@ -1,6 +1,6 @@
-"""The sampler after issue 28's speed-ups (rows that ended draw nothing and stop running, one uniform
-per unfinished row inverted through its prefix's cumulative distribution, keys and values in a
-preallocated buffer, attention written out): still exact ancestral sampling at the temperature.
+"""The sampler after issue 28's speed-ups (rows that ended draw nothing, one uniform per unfinished
+row inverted through its prefix's cumulative distribution, keys and values in preallocated buffers
+of the sampler's own GPT-2 decoder): still exact ancestral sampling at the temperature.
 
 The random stream differs from the sampler before (which drew a `torch.multinomial` for every row,
 ended or not), so these tests check the distribution, not a recorded draw: on a tiny random model
@@ -172,8 +172,11 @@ def test_each_distinct_prefix_runs_once(tiny, monkeypatch):
     assert all(kind == "step" for kind, _ in calls[1:]) and len(steps) <= T - 1
     for t, n in enumerate(steps, start=1):
         unfinished = [i for i in range(len(rows)) if s.mask[i, t]]
-        assert n == len({(tuple(rows[i]), tuple(s.tokens[i, :t].tolist())) for i in unfinished})
-        assert n < len(unfinished) or len(unfinished) == 0  # the 64 rows of a context do share prefixes
+        prefixes = len({(tuple(rows[i]), tuple(s.tokens[i, :t].tolist())) for i in unfinished})
+        # one row per distinct unfinished prefix, plus the slots of prefixes whose rows all ended
+        # since the buffers were last compacted (at most a quarter of them: `_sample_batch`)
+        assert prefixes <= n <= prefixes * 4 / 3
+        assert n < len(rows) / 2  # the 64 rows of a context do share prefixes
 
 
 def test_decoder_logits_equal_the_full_forward(tiny):
