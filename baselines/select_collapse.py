@@ -153,7 +153,10 @@ def markdown(tables: dict, choices: dict) -> str:
             pick = choices.get(method)
             mark = ""
             if pick and all(pick[k] == r[k] for k in ("lr", "steps", "ema_decay")):
-                mark = " **best, on the grid's edge: extension due**" if pick["on_edge"] else " **chosen**"
+                mark = " **chosen**"
+                if pick["on_edge"]:
+                    mark = (" **chosen** (on the extended grid's edge; the rule extends once)" if pick["extended"]
+                            else " **best, on the grid's edge: extension due**")
             lines.append(f"| {r['lr']:g} | {r['steps']} | {r['ema_decay'] if r['ema_decay'] is not None else '-'} | "
                          f"{r['n_cells']} | {r['mean_pass_at_1']:.4f}{mark} | {per} | "
                          f"{', '.join(map(str, r['kept_steps']))} |")
@@ -192,12 +195,14 @@ def main() -> None:
         choices = {}
         for m, table in tables.items():
             at_default = [r for r in table if m == "grpo" or r["ema_decay"] == DEFAULT_DECAY]
-            choices[m] = choose(at_default, full)
+            extended = any(r["lr"] not in LRS or r["steps"] not in STEPS for r in table)
+            choices[m] = {**choose(at_default, full), "extended": extended}
         if "sdsd" in choices:
             same = [r for r in tables["sdsd"] if (r["lr"], r["steps"]) == (choices["sdsd"]["lr"],
                                                                           choices["sdsd"]["steps"])]
             if len({r["ema_decay"] for r in same if r["n_cells"] == full}) == len(DECAYS):
-                choices["sdsd"] = {**choose(same, full), "on_edge": choices["sdsd"]["on_edge"]}
+                choices["sdsd"] = {**choose(same, full), "on_edge": choices["sdsd"]["on_edge"],
+                                   "extended": choices["sdsd"]["extended"]}
         out = {"rule": __doc__.split("\n\n")[0], "tie": TIE, "samples": SAMPLES, "task_seeds": TASK_SEEDS,
                "selection_seeds": SELECTION_SEEDS, "tables": tables, "chosen": choices}
         (HERE / "collapse_selection.json").write_text(json.dumps(out, indent=1) + "\n")
