@@ -37,7 +37,7 @@ from accelerate import Accelerator
 
 from mitigate import config as C
 from mitigate.objectives.teacher import Teacher
-from mitigate.policies import tiny_gpt
+from mitigate.policies import resolve_checkpoint, tiny_gpt
 from mitigate.policies.tiny_gpt import TinyGPT
 from mitigate.recipes import train as train_recipe
 from mitigate.recipes.pretrain import pretrain
@@ -118,8 +118,11 @@ class RowCounter:
 
 def profile(method: str, objective: dict, base: Path, steps: int, work: Path, preset: str = "default") -> dict:
     timer, counter = PhaseTimer(), RowCounter()
+    # the base's activation: a base made before the default preset's erf GELU (issue 28) keeps tanh
+    activation = json.loads((resolve_checkpoint(base) / "config.json").read_text()).get("activation_function")
     cfg = C.load(preset=preset, overrides=[f"train.steps={steps}", f"train.eval_every={steps + 1}",
-                                              "train.save_every=0", f"train.objective={json.dumps(objective)}"])
+                                              "train.save_every=0", f"train.objective={json.dumps(objective)}",
+                                              f"model.activation={activation}"])
     saved = {k: getattr(o, n) for k, (o, n) in _targets().items()}
     instrument(timer)
     tiny_gpt.distinct_rows = counter
