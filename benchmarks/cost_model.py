@@ -67,7 +67,9 @@ def step_seconds(run: Path, warmup: int) -> list[float]:
 def measure(point: dict, steps: int, warmup: int, work: Path, base: Path | None = None) -> dict:
     cfg = C.load(preset="default")
     cfg = C.with_overrides(cfg, overrides(point, steps) if base is None else
-                           {"train.steps": steps, "train.eval_every": 10_000, "train.save_every": 0})
+                           {"train.steps": steps, "train.eval_every": 10_000, "train.save_every": 0,
+                            # a base made before the default preset's erf GELU (issue 28) keeps tanh
+                            "model.activation": json.loads((base / "config.json").read_text())["activation_function"]})
     name = "-".join(f"{k}{v}" for k, v in point.items()) + ("-trained" if base else "")
     if base is None:
         base = pretrain(cfg, work / f"base-{name}", quiet=True) / "checkpoint"
