@@ -180,7 +180,16 @@ def _p(x) -> str:
 
 
 def primary_table(summary: dict, options: dict) -> str:
-    tests = (summary.get("primary") or {}).get("tests") or []
+    """The primary family; with `task=SEED` on a pooled summary, that task seed's own family (its own
+    Holm correction), the per-task consistency check of a pre-registration."""
+    block = summary.get("primary") or {}
+    if "task" in options:
+        seeds = [str(t) for t in summary.get("pooled_task_seeds") or []]
+        if options["task"] not in seeds or not block.get("per_task"):
+            raise ReadmeError(f"task={options['task']}: not a task seed of this pooled summary "
+                              f"(task seeds: {', '.join(seeds) or 'none, not a pooled summary'})")
+        block = block["per_task"][seeds.index(options["task"])] or {}
+    tests = block.get("tests") or []
     if not tests:
         return "_No primary endpoints in this summary._"
     header = ["endpoint", "method", "reference", "split", "metric", "direction", "margin", "difference",
@@ -270,8 +279,8 @@ def parse_args(text: str) -> tuple[str, str, dict]:
     options = {}
     for w in rest:
         key, eq, value = w.partition("=")
-        if not eq or key not in ("ref", "methods"):
-            raise ReadmeError(f"unknown option '{w}' (known: ref=NAME, methods=a,b,c)")
+        if not eq or key not in ("ref", "methods", "task"):
+            raise ReadmeError(f"unknown option '{w}' (known: ref=NAME, methods=a,b,c, task=SEED)")
         options[key] = value
     return kind, path, options
 

@@ -106,6 +106,23 @@ def test_table_contents():
     assert R.primary_table(s, {}) == "_No primary endpoints in this summary._"
 
 
+def test_primary_table_of_one_task_seed_from_a_pooled_summary():
+    """`task=SEED` prints that task seed's own family (its own Holm p-values), not the pooled one."""
+    s = json.loads((ROOT / "baselines" / "runs" / "paper-pooled" / "summary.json").read_text())
+    pooled = R.primary_table(s, {})
+    for i, seed in enumerate(s["pooled_task_seeds"]):
+        own = R.primary_table(s, {"task": str(seed)})
+        tests = s["primary"]["per_task"][i]["tests"]
+        assert own != pooled and len(own.splitlines()) == 2 + len(tests)
+        for line, t in zip(own.splitlines()[2:], tests):
+            assert f"| {R._p(t['p_holm'])} |" in line and line.endswith("**yes** |" if t["holds"] else "| no |")
+    with pytest.raises(R.ReadmeError, match="task=7: not a task seed"):
+        R.primary_table(s, {"task": "7"})
+    one = json.loads((ROOT / "baselines" / "runs" / "paper" / "summary.json").read_text())
+    with pytest.raises(R.ReadmeError, match="not a pooled summary"):
+        R.primary_table(one, {"task": "0"})
+
+
 @pytest.mark.parametrize("block, message", [
     ("<!-- mitigate:table main runs/summary.json -->\n", "no closing"),
     ("<!-- mitigate:table mean runs/summary.json -->\n<!-- /mitigate:table -->\n", "unknown table kind 'mean'"),
