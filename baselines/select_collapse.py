@@ -10,6 +10,8 @@ cell interrupted mid-training continues from its last checkpoint (or, when the c
 grown fields since, is trained again from the start).
 
     python baselines/select_collapse.py --stage lr_steps --jobs 2      # both methods, SDSD at 0.95
+    python baselines/select_collapse.py --stage extend --extend grpo:1.2e-4:480,60,120,240 --jobs 2
+                                                                       # the edge rule's extra cells
     python baselines/select_collapse.py --stage decay --jobs 2         # SDSD's decay at the chosen lr x steps
     python baselines/select_collapse.py --table                        # the table and the rule's choices
 
