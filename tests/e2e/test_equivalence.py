@@ -53,3 +53,28 @@ def test_a_paired_claim_that_changes_side_is_reported():
     assert equivalence.compare_claims(old, new) == [{"method": "sdsd", "reference": "grpo", "metric": "ID pass@1",
                                                      "old": -1, "new": 0}]
     assert equivalence.compare_claims(old, old) == []
+
+
+def test_the_familywise_rule_breaks_reversed_and_lost_strong_claims_only():
+    k = ("sdsd", "grpo", "ID pass@1")
+    weak = {"method": k[0], "reference": k[1], "metric": k[2], "old": -1, "new": 0}
+    # a claim off 0 at 95% only, gone in the other run: seed noise near 0, not broken
+    assert equivalence.broken_claims([weak], {}, {}) == []
+    # the same claim off 0 at the family-wise level in the old run: lost, broken
+    assert [c["metric"] for c in equivalence.broken_claims([weak], {k: -1}, {})] == ["ID pass@1"]
+    # a reversal is broken whatever the family-wise sides
+    flipped = {**weak, "new": 1}
+    assert equivalence.broken_claims([flipped], {}, {})[0]["reversed"]
+
+
+def test_seeds_pair_by_position_only_when_asked():
+    assert equivalence.seed_pairs("grpo", [0, 1], [0, 1], False) == [(0, 0), (1, 1)]
+    assert equivalence.seed_pairs("grpo", [0, 1], [3, 4], True) == [(0, 3), (1, 4)]
+    with pytest.raises(SystemExit, match="--seeds-by-position"):
+        equivalence.seed_pairs("grpo", [0, 1], [3, 4], False)
+    with pytest.raises(SystemExit, match="seeds"):
+        equivalence.seed_pairs("grpo", [0, 1], [3], True)
+
+
+def test_familywise_level_is_bonferroni():
+    assert equivalence.familywise_level(100) == pytest.approx(1 - 0.05 / 100)
