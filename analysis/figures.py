@@ -335,12 +335,17 @@ RICHNESS = ("none", "answer", "answer_verdict", "partial", "full")  # what the t
 def context_rows(summary: dict) -> dict[str, list[tuple[str, str]]]:
     """{teacher family: [(context kind, method)]} of the SDSD-family methods, from the objective
     records of the summary's budget (a record without `teacher_context` is the full demonstration);
-    the family is the objective and the teacher's weights (self or an external checkpoint)."""
+    the family is the objective and the teacher's weights: self, or each external checkpoint by its
+    path (two external teachers are two lines, not one)."""
     out: dict[str, list] = {}
     for method, record in summary.get("budget", {}).get("objectives", {}).items():
         if method not in summary["methods"] or "teacher" not in record:
             continue
-        family = f"{record['name']}, {'external' if record['teacher'] == 'external' else 'self'} teacher"
+        teacher = "self teacher"
+        if record["teacher"] == "external":
+            path = record.get("teacher_path")
+            teacher = f"teacher {Path(path).name}" if path else "external teacher"
+        family = f"{record['name']}, {teacher}"
         out.setdefault(family, []).append((record.get("teacher_context", "full"), method))
     return {f: sorted(rows, key=lambda r: RICHNESS.index(r[0])) for f, rows in out.items()
             if len({k for k, _ in rows}) > 1}

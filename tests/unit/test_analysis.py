@@ -291,11 +291,14 @@ def test_context_richness_draws_one_line_per_teacher_family_in_richness_order(tm
         "grpo": {"name": "grpo"}, "sdsd": {"name": "sdsd", "teacher": "ema"},
         "ctx_none": {"name": "sdsd", "teacher": "ema", "teacher_context": "none"},
         "ctx_answer": {"name": "sdsd", "teacher": "ema", "teacher_context": "answer"},
-        "opd_external": {"name": "sdsd", "teacher": "external", "teacher_context": "none"},
-        "sdsd_external": {"name": "sdsd", "teacher": "external"}}}
+        "opd_external": {"name": "sdsd", "teacher": "external", "teacher_context": "none", "teacher_path": "wide"},
+        "sdsd_external": {"name": "sdsd", "teacher": "external", "teacher_path": "wide"},
+        "opd_grpo": {"name": "sdsd", "teacher": "external", "teacher_context": "none", "teacher_path": "grpo"}}}
+    s["methods"]["opd_grpo"] = s["methods"]["opd_external"]
     rows = F.context_rows(s)
+    # the GRPO teacher has one context kind only: no line of its own, and not joined to the wide teacher's
     assert rows == {"sdsd, self teacher": [("none", "ctx_none"), ("answer", "ctx_answer"), ("full", "sdsd")],
-                    "sdsd, external teacher": [("none", "opd_external"), ("full", "sdsd_external")]}
+                    "sdsd, teacher wide": [("none", "opd_external"), ("full", "sdsd_external")]}
     assert F.plot_context_richness(s, tmp_path / "ctx")
     assert_figures(tmp_path, "ctx")
     s["budget"]["objectives"] = {"grpo": {"name": "grpo"}, "sdsd": {"name": "sdsd", "teacher": "ema"}}
