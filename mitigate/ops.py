@@ -212,17 +212,19 @@ def pick_demonstrations(group_index: torch.Tensor, correct: torch.Tensor, m: int
     """For each rollout, m demonstrations drawn uniformly (with replacement) from the correct
     rollouts of its group other than itself; itself only when it is the group's sole correct
     rollout. Returns [B, m] rollout indices, -1 for rollouts whose group has no correct one."""
-    b = len(group_index)
-    out = torch.full((b, m), -1, dtype=torch.long)
-    for g in torch.unique(group_index).tolist():
-        members = torch.nonzero(group_index == g).flatten()
-        good = members[correct[members]]
-        if len(good) == 0:
+    out = [[-1] * m for _ in range(len(group_index))]
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(group_index.tolist()):
+        members.setdefault(g, []).append(i)
+    ok = correct.tolist()
+    for g in sorted(members):  # the draw order of the original tensor loop: groups ascending, rows in order
+        good = [i for i in members[g] if ok[i]]
+        if not good:
             continue
-        for i in members.tolist():
-            pool = good[good != i] if len(good) > 1 else good
-            out[i] = pool[torch.randint(len(pool), (m,), generator=generator)]
-    return out
+        for i in members[g]:
+            pool = [j for j in good if j != i] if len(good) > 1 else good
+            out[i] = [pool[k] for k in torch.randint(len(pool), (m,), generator=generator).tolist()]
+    return torch.tensor(out, dtype=torch.long).reshape(len(group_index), m)
 
 
 def leave_one_out_mean(values: torch.Tensor, group_index: torch.Tensor, include: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,7 @@ class Task(Protocol):
 
     def teacher_context(self, prompt, demonstration) -> list[int]:
         """The context under which the self-teacher sees `demonstration` before `prompt` (kind `full`).
+        `demonstration` is a completion's token ids, a 1-D integer numpy array as `verify` gets its rows.
 
         A task that offers more context kinds (`CONTEXT_KINDS`) lists them in a `teacher_contexts`
         attribute and accepts, after these two arguments, `kind` (default "full": exactly this

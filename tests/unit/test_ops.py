@@ -203,6 +203,34 @@ def test_pick_demonstrations_interleaved_groups():
     assert (demos[[1, 3, 5]] == 5).all()
 
 
+def _pick_demonstrations_as_recorded(group_index, correct, m, generator):
+    """The tensor loop every recorded run drew its demonstrations with (before issue 28's list loop)."""
+    out = torch.full((len(group_index), m), -1, dtype=torch.long)
+    for g in torch.unique(group_index).tolist():
+        members = torch.nonzero(group_index == g).flatten()
+        good = members[correct[members]]
+        if len(good) == 0:
+            continue
+        for i in members.tolist():
+            pool = good[good != i] if len(good) > 1 else good
+            out[i] = pool[torch.randint(len(pool), (m,), generator=generator)]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pick_demonstrations_draws_what_recorded_runs_drew(seed):
+    g = torch.Generator().manual_seed(seed)
+    size, n = int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 20, (1,), generator=g))
+    groups = torch.arange(n).repeat_interleave(size)
+    if seed % 2:  # groups interleaved, as after a shuffle
+        groups = groups[torch.randperm(len(groups), generator=g)]
+    correct = torch.rand(len(groups), generator=g) < torch.rand(1, generator=g)
+    m = int(torch.randint(1, 4, (1,), generator=g))
+    expected = _pick_demonstrations_as_recorded(groups, correct, m, torch.Generator().manual_seed(seed))
+    got = pick_demonstrations(groups, correct, m, torch.Generator().manual_seed(seed))
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
 # ----------------------------------------------------------------------------- sdsd_marginal
 
 def test_marginal_teacher_single_demo_is_the_teacher():
