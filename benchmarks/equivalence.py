@@ -87,7 +87,7 @@ def familywise_level(n: int) -> float:
 def seed_pairs(method: str, old_seeds: list[int], new_seeds: list[int], by_position: bool) -> list[tuple[int, int]]:
     if old_seeds == new_seeds or (by_position and len(old_seeds) == len(new_seeds)):
         return list(zip(old_seeds, new_seeds))
-    raise SystemExit(f"equivalence: {method} was run with seeds {old_seeds} and {new_seeds}; compare runs of the "
+    raise ValueError(f"equivalence: {method} was run with seeds {old_seeds} and {new_seeds}; compare runs of the "
                      "same seeds, or pass --seeds-by-position for runs with as many seeds")
 
 
@@ -191,7 +191,11 @@ def main(argv=None) -> int:
             print(f"equivalence: '{folder}' holds no summary.json (give two reproduce folders)", file=sys.stderr)
             return 2
     old_s, new_s = (read_json(f / "summary.json", "summary") for f in (args.old, args.new))
-    metrics = compare_metrics(args.old, args.new, old_s, new_s, args.n_boot, args.seeds_by_position)
+    try:
+        metrics = compare_metrics(args.old, args.new, old_s, new_s, args.n_boot, args.seeds_by_position)
+    except ValueError as e:  # runs that cannot be paired: bad input, nothing written
+        print(e, file=sys.stderr)
+        return 2
     claims = compare_claims(old_s, new_s)
     strong = [familywise_claim_sides(f, s, args.n_boot) for f, s in ((args.old, old_s), (args.new, new_s))]
     broken = broken_claims(claims, *strong)

@@ -45,6 +45,17 @@ def test_a_run_is_equivalent_to_itself_and_a_moved_one_is_not(runs, tmp_path, ca
     assert "moved: grpo ID pass@1" in out and "NOT equivalent" in out
 
 
+def test_runs_of_other_seeds_are_refused_without_seeds_by_position(runs, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(runs, other)
+    summary = json.loads((other / "summary.json").read_text())
+    summary["methods"]["grpo"]["seeds"] = [3, 4]
+    (other / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "verdict.json"
+    assert equivalence.main([str(runs), str(other), "--n-boot", "50", "--out", str(out)]) == 2
+    assert "--seeds-by-position" in capsys.readouterr().err and not out.exists()
+
+
 def test_a_paired_claim_that_changes_side_is_reported():
     old = {"methods": {"sdsd": {"id": {"pass_at_k": {"1": 0.5}}, "paired": {
         "grpo": {"id": {"pass_at_k": {"1": {"mean": -0.03, "ci95": [-0.04, -0.02]}}}}}}}}
@@ -70,9 +81,9 @@ def test_the_familywise_rule_breaks_reversed_and_lost_strong_claims_only():
 def test_seeds_pair_by_position_only_when_asked():
     assert equivalence.seed_pairs("grpo", [0, 1], [0, 1], False) == [(0, 0), (1, 1)]
     assert equivalence.seed_pairs("grpo", [0, 1], [3, 4], True) == [(0, 3), (1, 4)]
-    with pytest.raises(SystemExit, match="--seeds-by-position"):
+    with pytest.raises(ValueError, match="--seeds-by-position"):
         equivalence.seed_pairs("grpo", [0, 1], [3, 4], False)
-    with pytest.raises(SystemExit, match="seeds"):
+    with pytest.raises(ValueError, match="seeds"):
         equivalence.seed_pairs("grpo", [0, 1], [3], True)
 
 
